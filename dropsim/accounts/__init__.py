@@ -1,0 +1,1 @@
+"""Accounts: users, their roles and credentials (the gateway authenticates against this)."""

@@ -1,0 +1,170 @@
+"""SQL shards as PostgreSQL databases (asyncpg, one connection pool per shard).
+
+Missing shard databases are created on first connect, so `postgresql://host/dropsim_{shard}` works
+on an empty server.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from dropsim.backends.sharding import shard_of
+from dropsim.errors import BackendUnavailable
+from dropsim.ports import Migration, Params, Queries, Row
+
+_MIGRATION_LOCK = 0x64726F70  # "drop": serialises schema changes across processes
+
+
+@lru_cache(maxsize=1024)
+def numbered(sql: str) -> str:
+    """`?` placeholders rewritten as asyncpg's `$1, $2, ...` (our SQL has no `?` in literals)."""
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+def _rowcount(status: str) -> int:
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class _ConnectionQueries:
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return _rowcount(await self._connection.execute(numbered(sql), *params))
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
+        await self._connection.executemany(numbered(sql), rows)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        return list(await self._connection.fetch(numbered(sql), *params))
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        row: Row | None = await self._connection.fetchrow(numbered(sql), *params)
+        return row
+
+
+class _PoolQueries:
+    """Autocommit statements on a pool: each borrows a connection for one statement."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        return _rowcount(await self._pool.execute(numbered(sql), *params))
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.executemany(numbered(sql), rows)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        return list(await self._pool.fetch(numbered(sql), *params))
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        row: Row | None = await self._pool.fetchrow(numbered(sql), *params)
+        return row
+
+
+class PostgresDatabase:
+    """`postgresql://user@host:5432/dropsim_{shard}`: one database (and pool) per shard."""
+
+    dialect = "postgresql"
+
+    def __init__(self, pools: Sequence[Any]) -> None:
+        self._pools = list(pools)
+        self._autocommit = [_PoolQueries(pool) for pool in self._pools]
+        self.shard_count = len(self._pools)
+
+    @classmethod
+    async def connect(
+        cls, url: str, shard_count: int, *, min_size: int = 1, max_size: int = 10
+    ) -> PostgresDatabase:
+        """Open a pool per shard, creating shard databases that do not exist yet."""
+        url = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        pools = []
+        try:
+            for index in range(shard_count):
+                shard_url = url.replace("{shard}", str(index))
+                await _ensure_database(shard_url)
+                pool = await asyncpg.create_pool(
+                    shard_url, min_size=min_size, max_size=max_size, command_timeout=60
+                )
+                pools.append(pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            for pool in pools:
+                await pool.close()
+            raise BackendUnavailable(f"cannot reach PostgreSQL at {_safe(url)}: {exc}") from None
+        return cls(pools)
+
+    def shard_of(self, key: str) -> int:
+        return shard_of(key, self.shard_count)
+
+    def shard(self, index: int) -> Queries:
+        return self._autocommit[index]
+
+    @asynccontextmanager
+    async def transaction(self, index: int) -> AsyncIterator[Queries]:
+        async with self._pools[index].acquire() as connection, connection.transaction():
+            yield _ConnectionQueries(connection)
+
+    async def migrate(self, migrations: Sequence[Migration]) -> None:
+        for index in range(self.shard_count):
+            async with self.transaction(index) as tx:
+                await tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+                await tx.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                applied = {row[0] for row in await tx.fetch_all("SELECT name FROM schema_migrations")}
+                for migration in migrations:
+                    if migration.name in applied:
+                        continue
+                    for statement in migration.statements:
+                        await tx.execute(statement)
+                    await tx.execute(
+                        "INSERT INTO schema_migrations (name, applied_at) "
+                        "VALUES (?, extract(epoch from now()))",
+                        (migration.name,),
+                    )
+
+    async def ping(self) -> None:
+        for queries in self._autocommit:
+            await queries.fetch_one("SELECT 1")
+
+    async def close(self) -> None:
+        for pool in self._pools:
+            await pool.close()
+
+
+async def _ensure_database(url: str) -> None:
+    """Create the database named in `url` if the server does not have it yet."""
+    try:
+        connection = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        parts = urlsplit(url)
+        name = parts.path.lstrip("/")
+        maintenance = urlunsplit(parts._replace(path="/postgres"))
+        admin = await asyncpg.connect(maintenance)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass  # created by a concurrent process
+        finally:
+            await admin.close()
+    else:
+        await connection.close()
+
+
+def _safe(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{host}{port}"))

@@ -1,0 +1,176 @@
+"""SQL shards as SQLite files (aiosqlite, WAL): the embedded default, no server needed.
+
+Each shard has one writer connection, serialised by an asyncio lock (SQLite has one writer at a
+time anyway; the lock keeps a coroutine's statements out of another coroutine's transaction), and
+one reader connection, so reads never wait behind a write transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from dropsim.backends.sharding import shard_of
+from dropsim.errors import BackendUnavailable
+from dropsim.ports import Migration, Params, Queries, Row
+
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA temp_store=MEMORY",
+    "PRAGMA cache_size=-65536",
+)
+
+
+class _ConnectionQueries:
+    """Statements on one aiosqlite connection (the caller holds whatever lock is needed)."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        cursor = await self._connection.execute(sql, params)
+        changed: int = cursor.rowcount
+        await cursor.close()
+        return changed
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
+        await self._connection.executemany(sql, rows)
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        return list(await self._connection.execute_fetchall(sql, params))
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        rows = await self._connection.execute_fetchall(sql, params)
+        for row in rows:
+            return tuple(row)
+        return None
+
+
+class _Shard:
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.writer = writer
+        self.reader = reader
+        self.lock = asyncio.Lock()
+        self.write_queries = _ConnectionQueries(writer)
+        self.read_queries = _ConnectionQueries(reader)
+
+
+class _AutocommitQueries:
+    """Shard statements outside a transaction: writes take the writer lock, reads do not."""
+
+    def __init__(self, shard: _Shard) -> None:
+        self._shard = shard
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        async with self._shard.lock:
+            return await self._shard.write_queries.execute(sql, params)
+
+    async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
+        async with self._shard.lock:
+            await self._shard.writer.execute("BEGIN IMMEDIATE")
+            try:
+                await self._shard.write_queries.execute_many(sql, rows)
+            except BaseException:
+                await self._shard.writer.rollback()
+                raise
+            await self._shard.writer.commit()
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        return await self._shard.read_queries.fetch_all(sql, params)
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        return await self._shard.read_queries.fetch_one(sql, params)
+
+
+class SQLiteDatabase:
+    """`sqlite:///<dir>/shard-{shard}.db`: one SQLite file per shard."""
+
+    dialect = "sqlite"
+
+    def __init__(self, shards: Sequence[_Shard]) -> None:
+        self._shards = list(shards)
+        self._autocommit = [_AutocommitQueries(shard) for shard in self._shards]
+        self.shard_count = len(self._shards)
+
+    @classmethod
+    async def connect(cls, url: str, shard_count: int) -> SQLiteDatabase:
+        """Open (creating if needed) every shard file named by `url`."""
+        shards = []
+        for index in range(shard_count):
+            path = Path(sqlite_path(url).replace("{shard}", str(index)))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                writer = await _open(path)
+                reader = await _open(path)
+            except (OSError, aiosqlite.Error) as exc:
+                raise BackendUnavailable(f"cannot open SQLite shard {path}: {exc}") from None
+            shards.append(_Shard(writer, reader))
+        return cls(shards)
+
+    def shard_of(self, key: str) -> int:
+        return shard_of(key, self.shard_count)
+
+    def shard(self, index: int) -> Queries:
+        return self._autocommit[index]
+
+    @asynccontextmanager
+    async def transaction(self, index: int) -> AsyncIterator[Queries]:
+        shard = self._shards[index]
+        async with shard.lock:
+            await shard.writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield shard.write_queries
+            except BaseException:
+                await shard.writer.rollback()
+                raise
+            await shard.writer.commit()
+
+    async def migrate(self, migrations: Sequence[Migration]) -> None:
+        for index in range(self.shard_count):
+            async with self.transaction(index) as tx:
+                await tx.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+                )
+                applied = {row[0] for row in await tx.fetch_all("SELECT name FROM schema_migrations")}
+                for migration in migrations:
+                    if migration.name in applied:
+                        continue
+                    for statement in migration.statements:
+                        await tx.execute(statement)
+                    await tx.execute(
+                        "INSERT INTO schema_migrations (name, applied_at) "
+                        "VALUES (?, strftime('%s','now'))",
+                        (migration.name,),
+                    )
+
+    async def ping(self) -> None:
+        for queries in self._autocommit:
+            await queries.fetch_one("SELECT 1")
+
+    async def close(self) -> None:
+        for shard in self._shards:
+            await shard.writer.close()
+            await shard.reader.close()
+
+
+def sqlite_path(url: str) -> str:
+    """The file path in a `sqlite:///relative` or `sqlite:////absolute` URL."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise BackendUnavailable(f"not a SQLite URL: {url}")
+    return url[len(prefix) :]
+
+
+async def _open(path: Path) -> aiosqlite.Connection:
+    connection: Any = await aiosqlite.connect(path, isolation_level=None)
+    for pragma in _PRAGMAS:
+        await connection.execute(pragma)
+    return connection  # type: ignore[no-any-return]

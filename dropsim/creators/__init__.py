@@ -1,0 +1,1 @@
+"""The creator service: creator profiles, products, and drops with their clock-driven lifecycle."""

@@ -1,0 +1,1 @@
+"""The gateway: authentication, (later) rate limiting and API composition, in front of every service."""

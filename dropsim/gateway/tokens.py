@@ -1,0 +1,49 @@
+"""Access tokens: JWTs (HS256) carrying the user id and role, minted by the server or the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from litestar.security.jwt import Token
+
+from dropsim.accounts.models import Role
+
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as the token says (no database read per request)."""
+
+    user_id: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+class TokenIssuer:
+    """Signs tokens with the shared secret; the server and `dropsim token` use the same one."""
+
+    def __init__(self, secret: str, ttl_seconds: int) -> None:
+        self._secret = secret
+        self._ttl = timedelta(seconds=ttl_seconds)
+
+    def issue(self, user_id: str, role: Role, *, ttl_seconds: int | None = None) -> str:
+        ttl = self._ttl if ttl_seconds is None else timedelta(seconds=ttl_seconds)
+        token = Token(
+            sub=user_id,
+            exp=datetime.now(UTC) + ttl,
+            extras={"role": role.value},
+        )
+        return token.encode(secret=self._secret, algorithm=ALGORITHM)
+
+
+def principal_from_token(token: Token) -> Principal | None:
+    """The principal a verified token names, or None if its claims are not ours."""
+    try:
+        return Principal(user_id=token.sub, role=Role(token.extras.get("role", "")))
+    except ValueError:
+        return None

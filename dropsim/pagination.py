@@ -1,0 +1,44 @@
+"""Cursor pagination: opaque cursors over a keyset, so pages stay stable while rows are added."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Annotated, Generic, TypeVar
+
+import msgspec
+
+from dropsim.errors import InvalidRequest
+
+T = TypeVar("T")
+
+PageSize = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+class Page(msgspec.Struct, Generic[T]):
+    """One page of items; pass `next_cursor` back as `cursor` for the next page (null: the end)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(last_key: str) -> str:
+    return base64.urlsafe_b64encode(last_key.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> str:
+    """The key after which the page starts ('' for the first page)."""
+    if not cursor:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("cursor is not one this server issued", code="bad_cursor") from None
+
+
+def page_of(items: list[T], limit: int, key: Callable[[T], str]) -> Page[T]:
+    """A page from up to `limit + 1` fetched items: the extra one only says whether more exist."""
+    more = len(items) > limit
+    items = items[:limit]
+    next_cursor = encode_cursor(key(items[-1])) if more and items else None
+    return Page(items=items, next_cursor=next_cursor)

@@ -1,0 +1,102 @@
+"""Settings from CLI flags and DROPSIM_* environment variables, validated once at start-up."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dropsim.errors import ConfigurationError
+
+KV_SCHEMES = frozenset({"memory", "redis", "rediss", "unix"})
+SQL_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
+
+
+class Settings(BaseSettings):
+    """Everything a dropsim process needs to know; every field is also `DROPSIM_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="DROPSIM_", extra="forbid", frozen=True)
+
+    kv_url: str = "memory://"
+    """Key-value store, cache and event log: `memory://` (fakeredis, in process) or `redis://...`."""
+    db_url: str = "sqlite:///.dropsim/shard-{shard}.db"
+    """SQL shards; `{shard}` is replaced by 0..shards-1 (`sqlite:///dir/shard-{shard}.db`,
+    `postgresql://user@host:5432/dropsim_{shard}`)."""
+    shards: int = Field(default=4, ge=1, le=256)
+    """Number of SQL shards. Changing it for existing data needs a re-seed (no resharding yet)."""
+    data_dir: Path = Path(".dropsim")
+    """Where embedded backends and the generated JWT secret live."""
+    jwt_secret: str = ""
+    """Secret for signing JWTs; empty means: read or create `<data_dir>/jwt-secret`."""
+    token_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    """Lifetime of an access token."""
+    cache_ttl_seconds: float = Field(default=30.0, gt=0)
+    """Catalog cache-aside TTL; each entry gets up to +20 % jitter so keys do not expire together."""
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request body accepted; bigger bodies get 413."""
+    scheduler_poll_seconds: float = Field(default=0.5, gt=0, le=10)
+    """Longest the drop clock sleeps before looking for transitions made by other processes."""
+    event_log_max_len: int = Field(default=100_000, ge=100)
+    """Approximate cap of the event log (a Redis stream)."""
+
+    @field_validator("kv_url")
+    @classmethod
+    def _known_kv_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in KV_SCHEMES:
+            raise ValueError(
+                f"unknown KV scheme {scheme!r}: use memory:// or redis://host:6379/0"
+            )
+        return value
+
+    @field_validator("db_url")
+    @classmethod
+    def _known_sql_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme.split("+")[0]
+        if scheme not in SQL_SCHEMES:
+            raise ValueError(
+                f"unknown SQL scheme {scheme!r}: use sqlite:///dir/shard-{{shard}}.db "
+                "or postgresql://host/dropsim_{shard}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _shard_placeholder(self) -> Settings:
+        if self.shards > 1 and "{shard}" not in self.db_url:
+            raise ValueError("db_url needs a {shard} placeholder when shards > 1")
+        return self
+
+    @property
+    def embedded_kv(self) -> bool:
+        """True when the KV store lives in this process's memory (one process only)."""
+        return self.kv_url.startswith("memory://")
+
+    def signing_secret(self) -> str:
+        """The JWT secret: the configured one, or one kept in the data dir so CLI and server agree."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        path = self.data_dir / "jwt-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with path.open("x") as handle:
+                    handle.write(secrets.token_urlsafe(48))
+                path.chmod(0o600)
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+        return path.read_text().strip()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment with `overrides` (CLI flags) on top; one clear error if invalid."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigurationError(f"{field}: {message}") from None

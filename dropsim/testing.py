@@ -1,0 +1,116 @@
+"""Helpers for tests (ours and yours): an app on embedded backends in one call."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from litestar import Litestar
+
+from dropsim.app import create_app
+from dropsim.settings import Settings
+
+
+def embedded_settings(directory: Path, **overrides: object) -> Settings:
+    """Settings for fakeredis + SQLite shards under `directory`, with a fixed JWT secret."""
+    values: dict[str, object] = {
+        "kv_url": "memory://",
+        "db_url": f"sqlite:///{directory}/shard-{{shard}}.db",
+        "shards": 2,
+        "data_dir": directory,
+        "jwt_secret": "test-secret-" + "x" * 32,
+        "scheduler_poll_seconds": 0.2,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def embedded_app(directory: Path, **overrides: object) -> Litestar:
+    """The whole dropsim app on embedded backends under `directory`."""
+    return create_app(embedded_settings(directory, **overrides))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """`settings` as DROPSIM_* variables, for a server in another process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        env[f"DROPSIM_{name.upper()}"] = str(value)
+    return env
+
+
+class ServerProcess:
+    """A real dropsim server (uvicorn) in a child process on 127.0.0.1, for tests over HTTP.
+
+    Use as a context manager: it starts, waits until `/health/ready` answers 200, and on exit it
+    stops the process (SIGTERM, then SIGKILL). `kill()` ends it abruptly, as a crash would.
+    """
+
+    def __init__(self, settings: Settings, *, port: int | None = None, workers: int = 1) -> None:
+        self.settings = settings
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._workers = workers
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.TemporaryFile()
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        env = {**os.environ, **settings_environment(self.settings)}
+        command = [
+            sys.executable, "-m", "uvicorn", "dropsim.app:app_from_environment", "--factory",
+            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
+            "--workers", str(self._workers), "--timeout-graceful-shutdown", "3",
+        ]
+        self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=self._log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"server exited with {self._process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        """What the server printed so far."""
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def kill(self) -> None:
+        """End the server at once (SIGKILL): nothing is flushed, as in a crash."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+        self._log.close()
