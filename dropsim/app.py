@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from dropsim import __version__
 from dropsim.accounts import store as account_tables
@@ -33,6 +34,7 @@ from dropsim.gateway.tokens import TokenIssuer
 from dropsim.health import live, ready
 from dropsim.ports import Migration
 from dropsim.settings import Settings, load_settings
+from dropsim.web import web_router
 
 logger = logging.getLogger("dropsim")
 
@@ -110,8 +112,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """The whole system as one ASGI app; backends open in its lifespan."""
     settings = settings or load_settings()
     auth = jwt_auth(settings.signing_secret())
+    metrics = PrometheusConfig(
+        app_name="dropsim", prefix="dropsim", group_path=True, exclude=[r"^/metrics", r"^/health"]
+    )
     return Litestar(
-        route_handlers=[live, ready, accounts_router(), creators_router()],
+        route_handlers=[
+            live,
+            ready,
+            PrometheusController,
+            accounts_router(),
+            creators_router(),
+            web_router(),
+        ],
+        middleware=[metrics.middleware],
         dependencies=DEPENDENCIES,
         lifespan=[_lifespan(settings)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -7,12 +7,14 @@ from collections.abc import Callable
 from typing import Annotated, Generic, TypeVar
 
 import msgspec
+from litestar.params import QueryParameter
 
 from dropsim.errors import InvalidRequest
 
 T = TypeVar("T")
 
-PageSize = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+PageSize = Annotated[int, QueryParameter(ge=1, le=1000, description="items per page")]
+"""The `limit` query parameter of every listing."""
 
 
 class Page(msgspec.Struct, Generic[T]):
@@ -31,7 +33,8 @@ def decode_cursor(cursor: str | None) -> str:
     if not cursor:
         return ""
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("cursor is not one this server issued", code="bad_cursor") from None
 

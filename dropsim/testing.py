@@ -15,6 +15,7 @@ import httpx
 from litestar import Litestar
 
 from dropsim.app import create_app
+from dropsim.serving import settings_environment
 from dropsim.settings import Settings
 
 
@@ -43,14 +44,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """`settings` as DROPSIM_* variables, for a server in another process."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        env[f"DROPSIM_{name.upper()}"] = str(value)
-    return env
 
 
 class ServerProcess:

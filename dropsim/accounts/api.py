@@ -7,7 +7,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Router, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 from litestar.security.jwt import Token
 
 from dropsim.accounts.models import Role, User
@@ -51,25 +52,25 @@ class MintedTokens(msgspec.Struct):
 
 @post("/auth/signup", status_code=201)
 async def sign_up(
-    data: SignUp, account_service: AccountService, token_issuer: TokenIssuer
+    data: JSONBody[SignUp], account_service: NamedDependency[AccountService], token_issuer: NamedDependency[TokenIssuer]
 ) -> Session:
     user = await account_service.sign_up(data.email, data.password, data.handle)
     return Session(user=user, access_token=token_issuer.issue(user.id, user.role))
 
 
 @post("/auth/login", status_code=200)
-async def log_in(data: LogIn, account_service: AccountService, token_issuer: TokenIssuer) -> Session:
+async def log_in(data: JSONBody[LogIn], account_service: NamedDependency[AccountService], token_issuer: NamedDependency[TokenIssuer]) -> Session:
     user = await account_service.log_in(data.email, data.password)
     return Session(user=user, access_token=token_issuer.issue(user.id, user.role))
 
 
 @get("/me")
-async def me(request: Request[Principal, Token, State], account_service: AccountService) -> User:
+async def me(request: Request[Principal, Token, State], account_service: NamedDependency[AccountService]) -> User:
     return await account_service.user(request.user.user_id)
 
 
 @post("/admin/tokens", guards=[requires(Role.ADMIN)], status_code=200)
-async def mint_tokens(data: MintTokens, token_issuer: TokenIssuer) -> MintedTokens:
+async def mint_tokens(data: JSONBody[MintTokens], token_issuer: NamedDependency[TokenIssuer]) -> MintedTokens:
     """Tokens for many users at once (simulations sign in a crowd without passwords)."""
     return MintedTokens(
         tokens={

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Router, get, patch, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.security.jwt import Token
 
 from dropsim.accounts.models import Role
@@ -75,8 +76,8 @@ class DropChanges(msgspec.Struct, forbid_unknown_fields=True):
 
 @post("/creators", status_code=201)
 async def become_creator(
-    data: BecomeCreator, request: AuthedRequest, creator_service: CreatorService,
-    token_issuer: TokenIssuer,
+    data: JSONBody[BecomeCreator], request: AuthedRequest, creator_service: NamedDependency[CreatorService],
+    token_issuer: NamedDependency[TokenIssuer],
 ) -> CreatorSession:
     creator = await creator_service.become_creator(
         request.user, data.handle, data.display_name, data.bio
@@ -87,25 +88,25 @@ async def become_creator(
 
 @get("/creators", exclude_from_auth=True)
 async def list_creators(
-    creator_service: CreatorService, cursor: str | None = None, limit: PageSize = 50
+    creator_service: NamedDependency[CreatorService], cursor: FromQuery[str | None] = None, limit: PageSize = 50
 ) -> Page[Creator]:
     found = await creator_service.creators(decode_cursor(cursor), limit + 1)
     return page_of(found, limit, key=lambda creator: creator.id)
 
 
 @get("/creators/{creator_id:str}", exclude_from_auth=True)
-async def get_creator(creator_id: str, creator_service: CreatorService) -> Creator:
+async def get_creator(creator_id: FromPath[str], creator_service: NamedDependency[CreatorService]) -> Creator:
     return await creator_service.creator(creator_id)
 
 
 @get("/creators/by-handle/{handle:str}", exclude_from_auth=True)
-async def get_creator_by_handle(handle: str, creator_service: CreatorService) -> Creator:
+async def get_creator_by_handle(handle: FromPath[str], creator_service: NamedDependency[CreatorService]) -> Creator:
     return await creator_service.creator_by_handle(handle)
 
 
 @get("/creators/{creator_id:str}/products", exclude_from_auth=True)
 async def list_products(
-    creator_id: str, creator_service: CreatorService, cursor: str | None = None,
+    creator_id: FromPath[str], creator_service: NamedDependency[CreatorService], cursor: FromQuery[str | None] = None,
     limit: PageSize = 50,
 ) -> Page[Product]:
     found = await creator_service.products(creator_id, decode_cursor(cursor), limit + 1)
@@ -114,7 +115,7 @@ async def list_products(
 
 @post("/products", status_code=201, guards=[requires(Role.CREATOR)])
 async def create_product(
-    data: NewProduct, request: AuthedRequest, creator_service: CreatorService
+    data: JSONBody[NewProduct], request: AuthedRequest, creator_service: NamedDependency[CreatorService]
 ) -> Product:
     return await creator_service.create_product(
         request.user, data.name, data.description, data.image_url
@@ -122,14 +123,14 @@ async def create_product(
 
 
 @get("/products/{product_id:str}", exclude_from_auth=True)
-async def get_product(product_id: str, creator_service: CreatorService) -> Product:
+async def get_product(product_id: FromPath[str], creator_service: NamedDependency[CreatorService]) -> Product:
     return await creator_service.product(product_id)
 
 
 @patch("/products/{product_id:str}", guards=[requires(Role.CREATOR)])
 async def update_product(
-    product_id: str, data: ProductChanges, request: AuthedRequest,
-    creator_service: CreatorService,
+    product_id: FromPath[str], data: JSONBody[ProductChanges], request: AuthedRequest,
+    creator_service: NamedDependency[CreatorService],
 ) -> Product:
     return await creator_service.update_product(
         request.user, product_id, data.name, data.description, data.image_url
@@ -138,7 +139,7 @@ async def update_product(
 
 @post("/drops", status_code=201, guards=[requires(Role.CREATOR)])
 async def schedule_drop(
-    data: NewDrop, request: AuthedRequest, creator_service: CreatorService
+    data: JSONBody[NewDrop], request: AuthedRequest, creator_service: NamedDependency[CreatorService]
 ) -> Drop:
     return await creator_service.schedule_drop(
         request.user, data.product_id, stock=data.stock, price_cents=data.price_cents,
@@ -149,8 +150,8 @@ async def schedule_drop(
 
 @get("/drops", exclude_from_auth=True)
 async def list_drops(
-    creator_service: CreatorService, status: DropStatus | None = None,
-    creator_id: str | None = None, cursor: str | None = None, limit: PageSize = 50,
+    creator_service: NamedDependency[CreatorService], status: FromQuery[DropStatus | None] = None,
+    creator_id: FromQuery[str | None] = None, cursor: FromQuery[str | None] = None, limit: PageSize = 50,
 ) -> Page[Drop]:
     found = await creator_service.drops(
         after=decode_cursor(cursor), limit=limit + 1, status=status, creator_id=creator_id
@@ -159,13 +160,13 @@ async def list_drops(
 
 
 @get("/drops/{drop_id:str}", exclude_from_auth=True)
-async def get_drop(drop_id: str, creator_service: CreatorService) -> Drop:
+async def get_drop(drop_id: FromPath[str], creator_service: NamedDependency[CreatorService]) -> Drop:
     return await creator_service.drop(drop_id)
 
 
 @patch("/drops/{drop_id:str}", guards=[requires(Role.CREATOR)])
 async def reschedule_drop(
-    drop_id: str, data: DropChanges, request: AuthedRequest, creator_service: CreatorService
+    drop_id: FromPath[str], data: JSONBody[DropChanges], request: AuthedRequest, creator_service: NamedDependency[CreatorService]
 ) -> Drop:
     return await creator_service.reschedule_drop(
         request.user, drop_id, stock=data.stock, price_cents=data.price_cents,
@@ -175,7 +176,7 @@ async def reschedule_drop(
 
 @post("/drops/{drop_id:str}/cancel", status_code=200, guards=[requires(Role.CREATOR)])
 async def cancel_drop(
-    drop_id: str, request: AuthedRequest, creator_service: CreatorService
+    drop_id: FromPath[str], request: AuthedRequest, creator_service: NamedDependency[CreatorService]
 ) -> Drop:
     return await creator_service.cancel_drop(request.user, drop_id)
 

@@ -1,0 +1,244 @@
+"""The `dropsim` command line: serve the system, seed celebrities, mint tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dropsim import __version__
+from dropsim.accounts.models import Role
+from dropsim.errors import ConfigurationError, DropsimError
+from dropsim.gateway.tokens import TokenIssuer
+from dropsim.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="dropsim",
+    help="A creator-drop commerce system, run for real and proven under a celebrity-sized rush.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+T = TypeVar("T")
+
+KvUrl = Annotated[
+    str | None,
+    typer.Option("--kv-url", help="memory:// (embedded) or redis://host:6379/0 [DROPSIM_KV_URL]"),
+]
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--db-url",
+        help="sqlite:///dir/shard-{shard}.db (embedded) or postgresql://host/dropsim_{shard} "
+        "[DROPSIM_DB_URL]",
+    ),
+]
+Shards = Annotated[int | None, typer.Option("--shards", help="SQL shard count [DROPSIM_SHARDS]")]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="embedded data and secrets [DROPSIM_DATA_DIR]")
+]
+
+
+def _settings(
+    kv_url: str | None = None, db_url: str | None = None, shards: int | None = None,
+    data_dir: Path | None = None,
+) -> Settings:
+    return load_settings(kv_url=kv_url, db_url=db_url, shards=shards, data_dir=data_dir)
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(work())  # type: ignore[arg-type]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="server processes")] = 1,
+    kv_url: KvUrl = None,
+    db_url: DbUrl = None,
+    shards: Shards = None,
+    data_dir: DataDir = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Serve the whole system: gateway, every service, the page, API docs and metrics."""
+    from dropsim.backends import Backends
+    from dropsim.serving import serve as run_server
+    from dropsim.serving import write_server_note
+
+    settings = _settings(kv_url, db_url, shards, data_dir)
+    if workers > 1 and settings.embedded_kv:
+        raise ConfigurationError(
+            "--workers > 1 needs a shared KV store: the embedded one lives in one process's "
+            "memory; pass --kv-url redis://127.0.0.1:6379/0"
+        )
+
+    async def check_backends() -> None:
+        backends = await Backends.open(settings)
+        await backends.close()
+
+    with console.status("checking backends..."):
+        _run(check_backends)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if settings.embedded_kv:
+        write_server_note(settings, url)
+    console.print(
+        Panel.fit(
+            f"[bold]dropsim {__version__}[/] serving on [cyan]{url}[/]\n"
+            f"  page        {url}/\n"
+            f"  API docs    {url}/schema  (Swagger: {url}/schema/swagger)\n"
+            f"  metrics     {url}/metrics\n"
+            f"  health      {url}/health/ready\n"
+            f"  KV          {settings.kv_url}\n"
+            f"  SQL         {settings.db_url} x {settings.shards} shards\n"
+            f"  workers     {workers}",
+            title="dropsim serve",
+        )
+    )
+    run_server(settings, host=host, port=port, workers=workers, log_level=log_level)
+
+
+@app.command()
+def seed(
+    creators: Annotated[int, typer.Option(min=1, max=1000, help="celebrities to create")] = 1,
+    followers: Annotated[
+        int, typer.Option(min=0, max=10_000_000, help="followers of each celebrity")
+    ] = 10_000,
+    prefix: Annotated[str, typer.Option(help="handles are <prefix>1, <prefix>2, ...")] = "celeb",
+    url: Annotated[
+        str | None,
+        typer.Option(help="seed through this running server (found automatically when it "
+                     "serves the embedded backends of the same data dir)"),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=100, max=200_000, help="edges per batch")] = 50_000,
+    kv_url: KvUrl = None,
+    db_url: DbUrl = None,
+    shards: Shards = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Seed celebrity creators with followers (idempotent: re-running adds nothing twice)."""
+    from dropsim.serving import running_server
+
+    settings = _settings(kv_url, db_url, shards, data_dir)
+    if url is None and settings.embedded_kv:
+        found = running_server(settings)
+        if found is not None:
+            url = found.url
+            console.print(f"seeding through the running server at [cyan]{url}[/] (pid {found.pid})")
+    handles = [f"{prefix}{index}" for index in range(1, creators + 1)]
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+    ) as progress:
+        results = _run(lambda: _seed(settings, url, handles, followers, batch, progress))
+    for handle, (creator_id, added) in zip(handles, results, strict=True):
+        console.print(f"@{handle}  creator_id={creator_id}  followers added={added:,}")
+
+
+async def _seed(
+    settings: Settings, url: str | None, handles: list[str], followers: int, batch: int,
+    progress: Progress,
+) -> list[tuple[str, int]]:
+    import time
+
+    results = []
+    async with _SeederSession(settings, url) as seeder:
+        for handle in handles:
+            creator_id = await seeder.seed_creator(handle, handle.capitalize())
+            task = progress.add_task(f"@{handle} followers", total=followers, rate="")
+            started = time.perf_counter()
+
+            def advance(done: int, task: Any = task, started: float = started) -> None:
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, completed=done, rate=f"{rate:,.0f} edges/s")
+
+            added = await seeder.seed_followers(creator_id, followers, batch=batch,
+                                                progress=advance)
+            results.append((creator_id, added))
+    return results
+
+
+class _SeederSession:
+    """The local Seeder on opened backends, or a RemoteSeeder when a server URL is known."""
+
+    def __init__(self, settings: Settings, url: str | None) -> None:
+        self._settings = settings
+        self._url = url
+        self._close: Callable[[], Awaitable[None]] | None = None
+
+    async def __aenter__(self) -> Any:
+        if self._url is not None:
+            from dropsim.seeding_remote import RemoteSeeder
+
+            token = TokenIssuer(self._settings.signing_secret(), 3600).issue("cli-admin",
+                                                                              Role.ADMIN)
+            remote = RemoteSeeder(self._url, token)
+            self._close = remote.__aexit__
+            return remote
+        from dropsim.app import MIGRATIONS, build_services
+        from dropsim.backends import Backends
+
+        backends = await Backends.open(self._settings)
+        await backends.db.migrate(MIGRATIONS)
+        self._close = backends.close
+        return build_services(self._settings, backends).seeder
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._close is not None:
+            await self._close()
+
+
+@app.command()
+def token(
+    user_ids: Annotated[list[str] | None, typer.Argument(help="users to mint tokens for")] = None,
+    role: Annotated[Role, typer.Option(help="role the tokens carry")] = Role.BUYER,
+    fans_of: Annotated[
+        str | None, typer.Option(help="mint for the seeded fans of this creator handle")
+    ] = None,
+    count: Annotated[int, typer.Option(min=1, max=1_000_000, help="how many fans")] = 1,
+    ttl: Annotated[int, typer.Option(min=60, help="lifetime in seconds")] = 24 * 3600,
+    data_dir: DataDir = None,
+) -> None:
+    """Mint access tokens offline with the server's secret (one per line; JSON for several)."""
+    settings = _settings(data_dir=data_dir)
+    issuer = TokenIssuer(settings.signing_secret(), ttl)
+    ids = list(user_ids or [])
+    if fans_of is not None:
+        from dropsim.seeding import fan_id
+
+        ids.extend(fan_id(fans_of, index) for index in range(count))
+    if not ids:
+        raise ConfigurationError("name at least one user id, or --fans-of HANDLE --count N")
+    if len(ids) == 1:
+        console.print(issuer.issue(ids[0], role), soft_wrap=True)
+        return
+    sys.stdout.write(json.dumps({user_id: issuer.issue(user_id, role) for user_id in ids}))
+    sys.stdout.write("\n")
+
+
+@app.command()
+def version() -> None:
+    """Print the dropsim version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    """Entry point: domain and configuration errors end in one line, not a traceback."""
+    try:
+        app()
+    except DropsimError as exc:
+        errors.print(f"[red]dropsim:[/] {exc}", soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -1,0 +1,72 @@
+"""Running the server: uvicorn in this process (or N workers), and the note that tells other
+commands (`dropsim seed`) where a running server on embedded backends can be reached."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from dropsim.settings import Settings
+
+SERVER_NOTE = "server.json"
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    """Where a live server in this data dir listens, and which process it is."""
+
+    url: str
+    pid: int
+
+
+def write_server_note(settings: Settings, url: str) -> Path:
+    """Record that this process serves the data dir's embedded backends at `url`."""
+    path = settings.data_dir / SERVER_NOTE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    return path
+
+
+def running_server(settings: Settings) -> RunningServer | None:
+    """The server noted in the data dir, if its process is still alive."""
+    path = settings.data_dir / SERVER_NOTE
+    try:
+        note = json.loads(path.read_text())
+        pid = int(note["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return RunningServer(url=str(note["url"]), pid=pid)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """`settings` as DROPSIM_* variables, so worker processes build the same app."""
+    return {
+        f"DROPSIM_{name.upper()}": str(value) for name, value in settings.model_dump().items()
+    }
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve until interrupted. One worker runs in this process; more run as uvicorn workers."""
+    common = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+        "proxy_headers": False,
+    }
+    if workers == 1:
+        from dropsim.app import create_app
+
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        return
+    os.environ.update(settings_environment(settings))
+    uvicorn.run(
+        "dropsim.app:app_from_environment", factory=True, workers=workers,
+        **common,  # type: ignore[arg-type]
+    )

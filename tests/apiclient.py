@@ -1,0 +1,64 @@
+"""Small HTTP helpers shared by the API tests: sign up users and creators, schedule drops."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+_counter = itertools.count()
+
+
+class Client(Protocol):
+    async def post(self, url: str, **kwargs: Any) -> Any: ...
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def sign_up(client: Client, handle: str | None = None) -> tuple[str, str]:
+    """A new buyer: (user_id, token)."""
+    handle = handle or f"user{next(_counter)}"
+    response = await client.post(
+        "/v1/auth/signup",
+        json={"email": f"{handle}@example.com", "password": "correct horse", "handle": handle},
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return body["user"]["id"], body["access_token"]
+
+
+async def make_creator(client: Client, handle: str | None = None) -> tuple[str, str]:
+    """A new creator: (creator_id, token carrying the creator role)."""
+    handle = handle or f"creator{next(_counter)}"
+    _, token = await sign_up(client, handle)
+    response = await client.post(
+        "/v1/creators", json={"handle": handle, "display_name": handle.title()},
+        headers=bearer(token),
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    return body["creator"]["id"], body["access_token"]
+
+
+async def make_drop(
+    client: Client, token: str, *, starts_in: float = 3600, lasts: float = 3600,
+    stock: int = 10, per_user_limit: int = 1,
+) -> dict[str, Any]:
+    """A product and a drop of it, starting `starts_in` seconds from now."""
+    product = await client.post("/v1/products", json={"name": "Hoodie"}, headers=bearer(token))
+    assert product.status_code == 201, product.text
+    starts_at = datetime.now(UTC) + timedelta(seconds=starts_in)
+    response = await client.post(
+        "/v1/drops",
+        json={
+            "product_id": product.json()["id"], "stock": stock, "price_cents": 4900,
+            "per_user_limit": per_user_limit, "starts_at": starts_at.isoformat(),
+            "ends_at": (starts_at + timedelta(seconds=lasts)).isoformat(),
+        },
+        headers=bearer(token),
+    )
+    assert response.status_code == 201, response.text
+    drop: dict[str, Any] = response.json()
+    return drop
