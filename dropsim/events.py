@@ -50,6 +50,14 @@ class DropSoldOut(Event, frozen=True, kw_only=True):
     creator_id: str
 
 
+class DropBackOnSale(Event, frozen=True, kw_only=True):
+    """A sold-out drop has a unit again (a payment failed or a hold lapsed)."""
+
+    type: ClassVar[str] = "drop.back_on_sale"
+    drop_id: str
+    creator_id: str
+
+
 class DropEnded(Event, frozen=True, kw_only=True):
     type: ClassVar[str] = "drop.ended"
     drop_id: str
@@ -81,3 +89,52 @@ class Envelope(msgspec.Struct, frozen=True):
     type: str
     at: float
     data: dict[str, object]
+
+
+class OrderReserved(Event, frozen=True, kw_only=True):
+    type: ClassVar[str] = "order.reserved"
+    order_id: str
+    user_id: str
+    drop_id: str
+    quantity: int
+    available: int
+
+
+class OrderConfirmed(Event, frozen=True, kw_only=True):
+    type: ClassVar[str] = "order.confirmed"
+    order_id: str
+    user_id: str
+    drop_id: str
+
+
+class OrderFailed(Event, frozen=True, kw_only=True):
+    type: ClassVar[str] = "order.failed"
+    order_id: str
+    user_id: str
+    drop_id: str
+    reason: str
+
+
+class OrderExpired(Event, frozen=True, kw_only=True):
+    type: ClassVar[str] = "order.expired"
+    order_id: str
+    user_id: str
+    drop_id: str
+
+
+class PaymentSucceeded(Event, frozen=True, kw_only=True):
+    type: ClassVar[str] = "payment.succeeded"
+    payment_id: str
+    order_id: str
+    user_id: str
+    drop_id: str
+    amount_cents: int
+
+
+class PaymentFailed(Event, frozen=True, kw_only=True):
+    type: ClassVar[str] = "payment.failed"
+    payment_id: str
+    order_id: str
+    user_id: str
+    drop_id: str
+    reason: str

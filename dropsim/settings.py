@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -41,6 +42,31 @@ class Settings(BaseSettings):
     """Longest the drop clock sleeps before looking for transitions made by other processes."""
     event_log_max_len: int = Field(default=100_000, ge=100)
     """Approximate cap of the event log (a Redis stream)."""
+    public_url: str = "http://127.0.0.1:8000"
+    """Where this server is reachable (the payment provider sends its callbacks here)."""
+    reservation_hold_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """How long a reserved unit waits for its payment before the reaper puts it back."""
+    reaper_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    """How often expired reservations are looked for."""
+    payment_provider_url: str = "embedded"
+    """Payment provider base URL; `embedded` serves the simulated one on loopback in process."""
+    payment_signing_secret: str = ""
+    """Secret the provider signs callbacks with; empty means: read or create
+    `<data_dir>/payment-secret`."""
+    payment_timeout_seconds: float = Field(default=20.0, gt=0, le=3600)
+    """How long a payment waits for the provider's final callback before it is timed out."""
+    provider_latency_median_ms: float = Field(default=150.0, gt=0)
+    """Simulated provider: median time from charge request to callback."""
+    provider_latency_p99_ms: float = Field(default=1200.0, gt=0)
+    """Simulated provider: 99th percentile of that time (latency is lognormal)."""
+    provider_failure_rate: float = Field(default=0.05, ge=0, le=1)
+    """Simulated provider: fraction of charges that are declined."""
+    provider_duplicate_rate: float = Field(default=0.05, ge=0, le=1)
+    """Simulated provider: fraction of callbacks delivered twice."""
+    provider_out_of_order_rate: float = Field(default=0.02, ge=0, le=1)
+    """Simulated provider: fraction of charges followed by a stale `charge.pending` callback."""
+    provider_callback_loss_rate: float = Field(default=0.0, ge=0, le=1)
+    """Simulated provider: fraction of charges never called back (these time out)."""
 
     @field_validator("kv_url")
     @classmethod
@@ -69,6 +95,12 @@ class Settings(BaseSettings):
             raise ValueError("db_url needs a {shard} placeholder when shards > 1")
         return self
 
+    @model_validator(mode="after")
+    def _provider_latency_order(self) -> Settings:
+        if self.provider_latency_p99_ms < self.provider_latency_median_ms:
+            raise ValueError("provider_latency_p99_ms must not be below provider_latency_median_ms")
+        return self
+
     @property
     def embedded_kv(self) -> bool:
         """True when the KV store lives in this process's memory (one process only)."""
@@ -88,6 +120,33 @@ class Settings(BaseSettings):
             except FileExistsError:
                 pass  # another process created it first: use theirs
         return path.read_text().strip()
+
+    def payment_secret(self) -> str:
+        """The callback signing secret: the configured one, or one kept in the data dir so every
+        server process (and the embedded provider) agrees on it."""
+        if self.payment_signing_secret:
+            return self.payment_signing_secret
+        return _kept_secret(self.data_dir / "payment-secret")
+
+
+def _kept_secret(path: Path) -> str:
+    """The secret stored at `path`, created (0600) by whichever process gets there first.
+
+    The file appears complete or not at all (written aside, then hard-linked into place), so a
+    concurrent reader never sees it empty.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(secrets.token_urlsafe(48))
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
 
 
 def load_settings(**overrides: object) -> Settings:

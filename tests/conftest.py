@@ -71,6 +71,19 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         yield real_settings(tmp_path)
 
 
+@pytest.fixture(scope="module", params=["embedded", "real"])
+def shared_backend_settings(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """Like `backend_settings`, but one per test module: for a server that several tests share
+    (each test makes its own users and drops)."""
+    directory = tmp_path_factory.mktemp("backend")
+    if request.param == "embedded":
+        yield embedded_settings(directory)
+    else:
+        yield real_settings(directory)
+
+
 @pytest.fixture
 def real_backend_settings(tmp_path: Path) -> Settings:
     """Real Redis + PostgreSQL only (multi-process tests need a shared backend)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from dropsim.accounts.models import Role
 from dropsim.accounts.service import AccountService
@@ -17,7 +18,9 @@ from dropsim.events import (
     CreatorRegistered,
     DropCancelled,
     DropEnded,
+    DropBackOnSale,
     DropScheduled,
+    DropSoldOut,
     DropWentLive,
     Event,
     ProductCreated,
@@ -41,6 +44,16 @@ def drop_key(drop_id: str) -> str:
     return f"cache:drop:{drop_id}"
 
 
+class DropListener(Protocol):
+    """Told about drop changes in this process (the order service keeps its counters with it)."""
+
+    async def drop_scheduled(self, drop: Drop) -> None: ...
+
+    async def drop_changed(self, drop: Drop) -> None: ...
+
+    async def drop_cancelled(self, drop: Drop) -> None: ...
+
+
 class CreatorService:
     """The catalog. Reads go through the cache; every write invalidates what it changed."""
 
@@ -59,6 +72,10 @@ class CreatorService:
         self._events = events
         self._clock = clock
         self._schedule_changed: Callable[[], None] = lambda: None
+        self._listeners: list[DropListener] = []
+
+    def add_listener(self, listener: DropListener) -> None:
+        self._listeners.append(listener)
 
     def on_schedule_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` whenever a drop's times change here (wakes the drop clock early)."""
@@ -150,6 +167,8 @@ class CreatorService:
             ends_at=ends_at, status=DropStatus.SCHEDULED, created_at=now, updated_at=now,
         )
         await self._store.insert_drop(drop)
+        for listener in self._listeners:
+            await listener.drop_scheduled(drop)
         await self._publish(DropScheduled(
             drop_id=drop.id, creator_id=drop.creator_id, starts_at=starts_at.timestamp(),
             ends_at=ends_at.timestamp(),
@@ -204,7 +223,10 @@ class CreatorService:
                            code="drop_not_scheduled")
         await self._cache.invalidate(drop_key(drop_id))
         self._schedule_changed()
-        return await self.fresh_drop(drop_id)
+        updated = await self.fresh_drop(drop_id)
+        for listener in self._listeners:
+            await listener.drop_changed(updated)
+        return updated
 
     async def cancel_drop(self, principal: Principal, drop_id: str) -> Drop:
         drop = await self._owned_drop(principal, drop_id)
@@ -215,8 +237,11 @@ class CreatorService:
             raise Conflict(f"drop is {drop.status.value}; it can no longer be cancelled",
                            code="drop_closed")
         await self._cache.invalidate(drop_key(drop_id))
+        cancelled = await self.fresh_drop(drop_id)
+        for listener in self._listeners:
+            await listener.drop_cancelled(cancelled)
         await self._publish(DropCancelled(drop_id=drop_id, creator_id=drop.creator_id))
-        return await self.fresh_drop(drop_id)
+        return cancelled
 
     async def advance_due_drops(self) -> list[tuple[str, DropStatus]]:
         """Move every drop whose time has come; return the moves this process made.
@@ -243,6 +268,28 @@ class CreatorService:
             else:
                 await self._publish(DropEnded(drop_id=drop.id, creator_id=drop.creator_id))
         return made
+
+    async def mark_sold_out(self, drop_id: str) -> bool:
+        """The last unit is reserved: show the drop as sold out (once, whoever asks)."""
+        moved = await self._store.move_drop(drop_id, [DropStatus.LIVE], DropStatus.SOLD_OUT,
+                                            self._clock())
+        if moved:
+            await self._cache.invalidate(drop_key(drop_id))
+            drop = await self.fresh_drop(drop_id)
+            await self._publish(DropSoldOut(drop_id=drop_id, creator_id=drop.creator_id))
+        return moved
+
+    async def mark_back_on_sale(self, drop_id: str) -> bool:
+        """A unit came back (failed payment, lapsed hold) before the end: on sale again."""
+        now = self._clock()
+        drop = await self.fresh_drop(drop_id)
+        if drop.status is not DropStatus.SOLD_OUT or drop.ends_at.timestamp() <= now:
+            return False
+        moved = await self._store.move_drop(drop_id, [DropStatus.SOLD_OUT], DropStatus.LIVE, now)
+        if moved:
+            await self._cache.invalidate(drop_key(drop_id))
+            await self._publish(DropBackOnSale(drop_id=drop_id, creator_id=drop.creator_id))
+        return moved
 
     async def next_due_at(self) -> float | None:
         return await self._store.next_due_at()

@@ -1,0 +1,1 @@
+"""The order service: atomic inventory in Redis, idempotent orders, reservations, settlement."""

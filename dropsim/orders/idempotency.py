@@ -1,0 +1,65 @@
+"""Idempotency keys as Stripe and the IETF draft define them, stored beside the inventory.
+
+A key is scoped to its user. The reservation script claims it (`state=running`, short TTL so a
+crashed request frees it); the order path then stores the final status and body (`state=done`,
+kept 24 h). Validation failures and 429s never reach the script, so they are never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from dropsim.ports import KeyValueStore
+
+KEPT_SECONDS = 24 * 3600
+"""How long a finished key replays its response (the drafts ask for at least 24 h)."""
+RUNNING_SECONDS = 60
+"""How long a claim survives without a stored response (a request that crashed mid-way)."""
+MAX_KEY_LENGTH = 255
+
+
+def record_key(user_id: str, key: str) -> str:
+    return f"idem:{user_id}:{key}"
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    """What makes two requests "the same": method, path and the raw body."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (method.encode(), b" ", path.encode(), b"\n", body):
+        digest.update(part)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    fingerprint: str
+    running: bool
+    status: int | None
+    body: str | None
+
+
+class IdempotencyRecords:
+    """Reads and finishes the records that the reservation script claims."""
+
+    def __init__(self, kv: KeyValueStore) -> None:
+        self._kv = kv
+
+    async def lookup(self, user_id: str, key: str) -> StoredResponse | None:
+        fields = await self._kv.hmget(record_key(user_id, key), ["fp", "state", "status", "body"])
+        if fields[0] is None:
+            return None
+        status = int(fields[2]) if fields[2] is not None else None
+        return StoredResponse(fields[0], fields[1] == "running", status, fields[3])
+
+    async def finish(self, user_id: str, key: str, status: int, body: str) -> None:
+        """Store the response a repeat of this request will replay."""
+        name = record_key(user_id, key)
+        async with self._kv.pipeline(transaction=True) as pipe:
+            pipe.hset(name, mapping={"state": "done", "status": status, "body": body})
+            pipe.expire(name, KEPT_SECONDS)
+            await pipe.execute()
+
+    async def forget(self, user_id: str, key: str) -> None:
+        """Drop a claim whose request failed on our side, so the client may retry the key."""
+        await self._kv.delete(record_key(user_id, key))
