@@ -28,11 +28,30 @@ from dropsim.creators.clock import DropClock
 from dropsim.creators.service import CreatorService
 from dropsim.creators.store import CatalogStore
 from dropsim.eventlog import EventLog
+from dropsim.follows import store as follow_tables
+from dropsim.follows.api import follows_router
+from dropsim.follows.service import FollowService
 from dropsim.gateway.auth import jwt_auth
 from dropsim.gateway.problems import EXCEPTION_HANDLERS
 from dropsim.gateway.tokens import TokenIssuer
 from dropsim.health import live, ready
+from dropsim.orders import store as order_tables
+from dropsim.orders.api import orders_router
+from dropsim.orders.audit import Auditor
+from dropsim.orders.idempotency import IdempotencyRecords
+from dropsim.orders.inventory import Inventory
+from dropsim.orders.reaper import Reaper
+from dropsim.orders.reconcile import Reconciler
+from dropsim.orders.service import OrderService
+from dropsim.orders.store import OrderStore
+from dropsim.payments import store as payment_tables
+from dropsim.payments.api import payments_router
+from dropsim.payments.provider import EmbeddedProvider, provider_config
+from dropsim.payments.service import PaymentService
+from dropsim.payments.store import PaymentStore
 from dropsim.ports import Migration
+from dropsim.seeding import Seeder
+from dropsim.seeding_api import seeding_router
 from dropsim.settings import Settings, load_settings
 from dropsim.web import web_router
 
@@ -41,6 +60,9 @@ logger = logging.getLogger("dropsim")
 MIGRATIONS: tuple[Migration, ...] = (
     *account_tables.MIGRATIONS,
     *catalog_tables.MIGRATIONS,
+    *follow_tables.MIGRATIONS,
+    *order_tables.MIGRATIONS,
+    *payment_tables.MIGRATIONS,
 )
 
 
@@ -52,33 +74,91 @@ class Services:
     creators: CreatorService
     events: EventLog
     tokens: TokenIssuer
+    follows: FollowService
+    seeder: Seeder
+    orders: OrderService
+    reconciler: Reconciler
+    auditor: Auditor
+    payments: PaymentService
+
+    async def close(self) -> None:
+        await self.payments.close()
 
 
-def build_services(settings: Settings, backends: Backends) -> Services:
+def build_services(
+    settings: Settings, backends: Backends, *, provider_url: str | None = None
+) -> Services:
+    """Every service over `backends`; `provider_url` is where the payment provider listens
+    (default: the settings' URL, for processes that take no orders)."""
     cache = Cache(backends.kv, ttl_seconds=settings.cache_ttl_seconds)
     events = EventLog(backends.kv, max_len=settings.event_log_max_len)
     accounts = AccountService(AccountStore(backends.db))
     creators = CreatorService(CatalogStore(backends.db), accounts, cache, events)
     tokens = TokenIssuer(settings.signing_secret(), settings.token_ttl_seconds)
-    return Services(accounts=accounts, creators=creators, events=events, tokens=tokens)
+    follows = FollowService(backends.db, backends.kv, creators, events)
+    seeder = Seeder(accounts, creators, follows)
+    order_store, inventory = OrderStore(backends.db), Inventory(backends.kv)
+    reconciler = Reconciler(order_store, inventory, creators)
+    orders = OrderService(
+        order_store, inventory, IdempotencyRecords(backends.kv), creators, reconciler, events,
+        hold_seconds=settings.reservation_hold_seconds,
+    )
+    creators.add_listener(orders)
+    payments = PaymentService(
+        PaymentStore(backends.db), events,
+        provider_url=provider_url or settings.payment_provider_url,
+        callback_url=f"{settings.public_url.rstrip('/')}/v1/payments/callback",
+        signing_secret=settings.payment_secret(),
+        timeout_seconds=settings.payment_timeout_seconds,
+    )
+    payments.connect_orders(orders.settle)
+    orders.connect_payments(payments)
+    auditor = Auditor(order_store, inventory, creators, payments)
+    return Services(
+        accounts=accounts,
+        creators=creators,
+        events=events,
+        tokens=tokens,
+        follows=follows,
+        seeder=seeder,
+        orders=orders,
+        reconciler=reconciler,
+        auditor=auditor,
+        payments=payments,
+    )
 
 
 def _lifespan(settings: Settings) -> Any:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         backends = await Backends.open(settings)
+        provider: EmbeddedProvider | None = None
         try:
             await backends.db.migrate(MIGRATIONS)
-            services = build_services(settings, backends)
+            provider_url = settings.payment_provider_url
+            if provider_url == "embedded":
+                provider = EmbeddedProvider(provider_config(settings))
+                await provider.start()
+                provider_url = provider.url
+            services = build_services(settings, backends, provider_url=provider_url)
+            # counters missing from the KV store (always, for the embedded one after a restart)
+            # are rebuilt from the SQL ledger before the first order is taken
+            await services.reconciler.reconcile(only_missing=True)
             clock = DropClock(services.creators, poll_seconds=settings.scheduler_poll_seconds)
+            reaper = Reaper(services.orders, interval_seconds=settings.reaper_interval_seconds)
             app.state.backends = backends
             app.state.services = services
             clock.start()
+            reaper.start()
             try:
                 yield
             finally:
+                await reaper.stop()
                 await clock.stop()
+                await services.close()
         finally:
+            if provider is not None:
+                await provider.stop()
             await backends.close()
 
     return lifespan
@@ -97,6 +177,30 @@ def _provide_creators(state: State) -> CreatorService:
     return _services(state).creators
 
 
+def _provide_follows(state: State) -> FollowService:
+    return _services(state).follows
+
+
+def _provide_seeder(state: State) -> Seeder:
+    return _services(state).seeder
+
+
+def _provide_orders(state: State) -> OrderService:
+    return _services(state).orders
+
+
+def _provide_reconciler(state: State) -> Reconciler:
+    return _services(state).reconciler
+
+
+def _provide_auditor(state: State) -> Auditor:
+    return _services(state).auditor
+
+
+def _provide_payments(state: State) -> PaymentService:
+    return _services(state).payments
+
+
 def _provide_tokens(state: State) -> TokenIssuer:
     return _services(state).tokens
 
@@ -105,6 +209,12 @@ DEPENDENCIES = {
     "account_service": Provide(_provide_accounts, sync_to_thread=False),
     "creator_service": Provide(_provide_creators, sync_to_thread=False),
     "token_issuer": Provide(_provide_tokens, sync_to_thread=False),
+    "follow_service": Provide(_provide_follows, sync_to_thread=False),
+    "seeder": Provide(_provide_seeder, sync_to_thread=False),
+    "order_service": Provide(_provide_orders, sync_to_thread=False),
+    "reconciler": Provide(_provide_reconciler, sync_to_thread=False),
+    "auditor": Provide(_provide_auditor, sync_to_thread=False),
+    "payment_service": Provide(_provide_payments, sync_to_thread=False),
 }
 
 
@@ -122,6 +232,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             PrometheusController,
             accounts_router(),
             creators_router(),
+            follows_router(),
+            seeding_router(),
+            orders_router(),
+            payments_router(),
             web_router(),
         ],
         middleware=[metrics.middleware],

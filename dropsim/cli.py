@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.panel import Panel
+from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dropsim import __version__
@@ -91,6 +92,15 @@ def serve(
     with console.status("checking backends..."):
         _run(check_backends)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if "public_url" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"public_url": url})
+    provider_process = None
+    if workers > 1 and settings.payment_provider_url == "embedded":
+        # one provider for all workers, so any worker can refund any charge
+        from dropsim.serving import start_provider_process
+
+        provider_process, provider_url = start_provider_process(settings)
+        settings = settings.model_copy(update={"payment_provider_url": provider_url})
     if settings.embedded_kv:
         write_server_note(settings, url)
     console.print(
@@ -102,11 +112,33 @@ def serve(
             f"  health      {url}/health/ready\n"
             f"  KV          {settings.kv_url}\n"
             f"  SQL         {settings.db_url} x {settings.shards} shards\n"
+            f"  payments    {settings.payment_provider_url} (simulated provider unless a URL)\n"
             f"  workers     {workers}",
             title="dropsim serve",
         )
     )
-    run_server(settings, host=host, port=port, workers=workers, log_level=log_level)
+    try:
+        run_server(settings, host=host, port=port, workers=workers, log_level=log_level)
+    finally:
+        if provider_process is not None:
+            provider_process.terminate()
+            provider_process.wait(timeout=10)
+
+
+@app.command()
+def provider(
+    port: Annotated[int, typer.Option(help="TCP port on 127.0.0.1")] = 8100,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the simulated payment provider alone (behaviour from DROPSIM_PROVIDER_* settings)."""
+    import uvicorn
+
+    from dropsim.payments.provider import create_provider_app, provider_config
+
+    settings = _settings(data_dir=data_dir)
+    console.print(f"simulated payment provider on [cyan]http://127.0.0.1:{port}[/]")
+    uvicorn.run(create_provider_app(provider_config(settings)), host="127.0.0.1", port=port,
+                log_level="warning", access_log=False)
 
 
 @app.command()
@@ -128,14 +160,8 @@ def seed(
     data_dir: DataDir = None,
 ) -> None:
     """Seed celebrity creators with followers (idempotent: re-running adds nothing twice)."""
-    from dropsim.serving import running_server
-
     settings = _settings(kv_url, db_url, shards, data_dir)
-    if url is None and settings.embedded_kv:
-        found = running_server(settings)
-        if found is not None:
-            url = found.url
-            console.print(f"seeding through the running server at [cyan]{url}[/] (pid {found.pid})")
+    url = _server_url(settings, url)
     handles = [f"{prefix}{index}" for index in range(1, creators + 1)]
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -152,10 +178,12 @@ async def _seed(
 ) -> list[tuple[str, int]]:
     import time
 
+    from dropsim.admin import admin_session
+
     results = []
-    async with _SeederSession(settings, url) as seeder:
+    async with admin_session(settings, url) as admin:
         for handle in handles:
-            creator_id = await seeder.seed_creator(handle, handle.capitalize())
+            creator_id = await admin.seed_creator(handle, handle.capitalize())
             task = progress.add_task(f"@{handle} followers", total=followers, rate="")
             started = time.perf_counter()
 
@@ -163,40 +191,102 @@ async def _seed(
                 rate = done / max(time.perf_counter() - started, 1e-9)
                 progress.update(task, completed=done, rate=f"{rate:,.0f} edges/s")
 
-            added = await seeder.seed_followers(creator_id, followers, batch=batch,
-                                                progress=advance)
+            added = await admin.seed_followers(creator_id, followers, batch=batch,
+                                               progress=advance)
             results.append((creator_id, added))
     return results
 
 
-class _SeederSession:
-    """The local Seeder on opened backends, or a RemoteSeeder when a server URL is known."""
+def _server_url(settings: Settings, url: str | None) -> str | None:
+    """The URL given, or that of a live server holding this data dir's embedded KV store."""
+    from dropsim.serving import running_server
 
-    def __init__(self, settings: Settings, url: str | None) -> None:
-        self._settings = settings
-        self._url = url
-        self._close: Callable[[], Awaitable[None]] | None = None
+    if url is not None or not settings.embedded_kv:
+        return url
+    found = running_server(settings)
+    if found is None:
+        return None
+    errors.print(f"using the running server at [cyan]{found.url}[/] (pid {found.pid})")
+    return found.url
 
-    async def __aenter__(self) -> Any:
-        if self._url is not None:
-            from dropsim.seeding_remote import RemoteSeeder
 
-            token = TokenIssuer(self._settings.signing_secret(), 3600).issue("cli-admin",
-                                                                              Role.ADMIN)
-            remote = RemoteSeeder(self._url, token)
-            self._close = remote.__aexit__
-            return remote
-        from dropsim.app import MIGRATIONS, build_services
-        from dropsim.backends import Backends
+ServerUrl = Annotated[
+    str | None,
+    typer.Option("--url", help="act through this running server (found automatically when "
+                 "it serves the embedded backends of the same data dir)"),
+]
 
-        backends = await Backends.open(self._settings)
-        await backends.db.migrate(MIGRATIONS)
-        self._close = backends.close
-        return build_services(self._settings, backends).seeder
 
-    async def __aexit__(self, *_: object) -> None:
-        if self._close is not None:
-            await self._close()
+@app.command()
+def audit(
+    drop_id: Annotated[str, typer.Argument(help="the drop to audit")],
+    url: ServerUrl = None,
+    kv_url: KvUrl = None,
+    db_url: DbUrl = None,
+    shards: Shards = None,
+    data_dir: DataDir = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Check every invariant of one drop; exit 1 when one is broken."""
+    from dropsim.admin import admin_session
+
+    settings = _settings(kv_url, db_url, shards, data_dir)
+    target = _server_url(settings, url)
+
+    async def work() -> dict[str, Any]:
+        async with admin_session(settings, target) as admin:
+            return await admin.audit(drop_id)
+
+    report = _run(work)
+    if json_output:
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    else:
+        table = Table(title=f"audit of {drop_id}", show_header=False)
+        for name in ("stock", "available", "reserved", "sold", "confirmed_units_sql",
+                     "pending_orders_sql", "per_user_limit"):
+            table.add_row(name, str(report[name]))
+        for name in ("users_over_limit", "duplicate_keys", "orphan_payments",
+                     "unpaid_confirmed_orders"):
+            table.add_row(name, ", ".join(report[name]) or "none")
+        for check, ok in report["checks"].items():
+            table.add_row(check, "[green]ok[/]" if ok else "[red]BROKEN[/]")
+        console.print(table)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reconcile(
+    drop_ids: Annotated[list[str] | None, typer.Argument(help="drops to rebuild (all if none)")]
+    = None,
+    only_missing: Annotated[
+        bool, typer.Option(help="only rebuild counters missing from the KV store")
+    ] = False,
+    url: ServerUrl = None,
+    kv_url: KvUrl = None,
+    db_url: DbUrl = None,
+    shards: Shards = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Rebuild inventory counters and reservations from the SQL ledger (SQL is the truth).
+
+    A full rebuild replaces live counters: run it while the drops it touches take no orders.
+    """
+    from dropsim.admin import admin_session
+
+    settings = _settings(kv_url, db_url, shards, data_dir)
+    target = _server_url(settings, url)
+
+    async def work() -> list[dict[str, Any]]:
+        async with admin_session(settings, target) as admin:
+            return await admin.reconcile(drop_ids, only_missing=only_missing)
+
+    rebuilt = _run(work)
+    table = Table("drop", "stock", "sold", "reserved", "expired now", title="rebuilt from SQL")
+    for line in rebuilt:
+        table.add_row(line["drop_id"], str(line["stock"]), str(line["sold"]),
+                      str(line["reserved"]), str(line["expired"]))
+    console.print(table)
 
 
 @app.command()
@@ -242,3 +332,7 @@ def main() -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

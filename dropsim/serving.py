@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
+from dropsim.errors import ConfigurationError
 from dropsim.settings import Settings
 
 SERVER_NOTE = "server.json"
@@ -48,6 +53,30 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return {
         f"DROPSIM_{name.upper()}": str(value) for name, value in settings.model_dump().items()
     }
+
+
+def start_provider_process(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
+    """Run `dropsim provider` in a child process; return it and its URL once it listens."""
+    from dropsim.testing import free_port
+
+    port = free_port()
+    env = {**os.environ, **settings_environment(settings)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dropsim.cli", "provider", "--port", str(port)], env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process, url
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)
+    process.kill()
+    raise ConfigurationError("the simulated payment provider did not start")
 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int, log_level: str) -> None:

@@ -54,9 +54,10 @@ class ServerProcess:
     """
 
     def __init__(self, settings: Settings, *, port: int | None = None, workers: int = 1) -> None:
-        self.settings = settings
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # the payment provider calls back to wherever this server listens
+        self.settings = settings.model_copy(update={"public_url": self.url})
         self._workers = workers
         self._process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()

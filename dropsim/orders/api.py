@@ -8,7 +8,7 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.security.jwt import Token
 
 from dropsim.accounts.models import Role
@@ -90,7 +90,7 @@ async def get_order(
 @get("/me/orders")
 async def my_orders(
     request: Request[Principal, Token, State], order_service: NamedDependency[OrderService],
-    cursor: str | None = None, limit: PageSize = 50,
+    cursor: FromQuery[str | None] = None, limit: PageSize = 50,
 ) -> Page[Order]:
     found = await order_service.orders(request.user, decode_cursor(cursor), limit + 1)
     return page_of(found, limit, key=lambda order: order.id)

@@ -1,0 +1,169 @@
+"""Order-path throughput over HTTP, as ratios against a hello-world route measured in the same run.
+
+    python benchmarks/order_path.py [--seconds 10] [--connections 64] [--real]
+
+Starts one dropsim server process per backend (embedded; with --real also Redis + PostgreSQL
+from DROPSIM_TEST_REDIS_URL / DROPSIM_TEST_POSTGRES_URL), and drives it with wrk (Debian
+package `wrk`) from another process, one wrk thread so the server keeps a core:
+
+    hello      GET /health/live              the ceiling for any route in this app
+    order      POST /v1/drops/{id}/orders    fresh key per request, stock never runs out
+    sold out   POST /v1/drops/{id}/orders    fresh keys on a sold-out drop
+
+Payment callbacks are switched off (the provider never answers, and the payment timeout is
+longer than the run) so the figures are the order path alone. Figures are printed, never
+asserted: these machines are noisy, so compare the ratios, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dropsim.accounts.models import Role
+from dropsim.gateway.tokens import TokenIssuer
+from dropsim.settings import Settings
+from dropsim.testing import ServerProcess, embedded_settings
+
+BUYERS = 2_000
+
+DONE = """
+done = function(summary, latency, requests)
+  io.write(string.format(
+    'RESULT {"requests": %d, "seconds": %f, "p50_ms": %f, "p99_ms": %f, "non_2xx": %d, '
+    .. '"errors": %d}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1e3,
+    latency:percentile(99) / 1e3, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+ORDER_REQUEST = """
+local tokens = {%s}
+local path = "%s"
+local counter = 0
+local prefix = tostring(math.random(1, 1000000000))
+request = function()
+  counter = counter + 1
+  local token = tokens[(counter % #tokens) + 1]
+  return wrk.format("POST", path, {
+    ["Authorization"] = "Bearer " .. token,
+    ["Content-Type"] = "application/json",
+    ["Idempotency-Key"] = prefix .. "-" .. counter,
+  }, '{"quantity": 1}')
+end
+"""
+
+
+def order_script(tokens: list[str], path: str) -> str:
+    quoted = ",".join(f'"{token}"' for token in tokens)
+    return ORDER_REQUEST % (quoted, path) + DONE
+
+
+def wrk(url: str, script: str, seconds: int, connections: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    try:
+        output = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s",
+             handle.name, url],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    finally:
+        os.unlink(handle.name)
+    line = next(line for line in output.splitlines() if line.startswith("RESULT "))
+    result: dict[str, float] = json.loads(line.removeprefix("RESULT "))
+    result["rps"] = result["requests"] / result["seconds"]
+    return result
+
+
+async def prepare(url: str, settings: Settings) -> tuple[list[str], str, str]:
+    """Buyer tokens, a drop that never runs out, and a sold-out drop."""
+    admin = TokenIssuer(settings.signing_secret(), 3600).issue("bench-admin", Role.ADMIN)
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        signup = await client.post("/v1/auth/signup", json={
+            "email": "bench-creator@example.com", "password": "benchmark!", "handle": "bench"})
+        creator = await client.post(
+            "/v1/creators", json={"handle": "bench", "display_name": "Bench"},
+            headers={"Authorization": f"Bearer {signup.json()['access_token']}"})
+        auth = {"Authorization": f"Bearer {creator.json()['access_token']}"}
+        product = (await client.post("/v1/products", json={"name": "Tee"}, headers=auth)).json()
+        starts = datetime.now(UTC) + timedelta(seconds=1)
+        drops = []
+        for stock in (10_000_000, 1):
+            drop = await client.post("/v1/drops", headers=auth, json={
+                "product_id": product["id"], "stock": stock, "price_cents": 2500,
+                "per_user_limit": 1000, "starts_at": starts.isoformat(),
+                "ends_at": (starts + timedelta(hours=1)).isoformat()})
+            drops.append(drop.json()["id"])
+        minted = await client.post("/v1/admin/tokens", headers={"Authorization": f"Bearer {admin}"},
+                                   json={"user_ids": [f"usr_buyer{i}" for i in range(BUYERS)]})
+        tokens = list(minted.json()["tokens"].values())
+        await asyncio.sleep(1.2)
+        sold = await client.post(f"/v1/drops/{drops[1]}/orders", json={"quantity": 1},
+                                 headers={"Authorization": f"Bearer {tokens[0]}",
+                                          "Idempotency-Key": "sell-it-out"})
+        assert sold.status_code == 201, sold.text
+    return tokens, drops[0], drops[1]
+
+
+def run_backend(name: str, settings: Settings, seconds: int, connections: int) -> list[list[str]]:
+    rows = []
+    with ServerProcess(settings) as server:
+        tokens, open_drop, sold_out_drop = asyncio.run(prepare(server.url, settings))
+        hello = wrk(f"{server.url}/health/live", DONE, seconds, connections)
+        results = {"hello": hello}
+        for label, drop in (("order", open_drop), ("sold out", sold_out_drop)):
+            script = order_script(tokens, f"/v1/drops/{drop}/orders")
+            results[label] = wrk(server.url, script, seconds, connections)
+        for label, result in results.items():
+            rows.append([
+                name, label, f"{result['rps']:,.0f}", f"{result['rps'] / hello['rps']:.0%}",
+                f"{result['p50_ms']:.1f}", f"{result['p99_ms']:.1f}",
+                f"{int(result['non_2xx']):,}", f"{int(result['errors']):,}",
+            ])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--real", action="store_true", help="also run on Redis + PostgreSQL")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    quiet_payments: dict[str, Any] = {
+        "provider_callback_loss_rate": 1.0, "payment_timeout_seconds": 3600,
+        "reservation_hold_seconds": 3600,
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        rows += run_backend("embedded", embedded_settings(Path(directory), shards=4,
+                                                          **quiet_payments),
+                            args.seconds, args.connections)
+        if args.real:
+            from tests.conftest import real_settings
+
+            real = real_settings(Path(directory) / "real", shards=4)
+            real = real.model_copy(update=quiet_payments)
+            rows += run_backend("redis+postgres", real, args.seconds, args.connections)
+    header = ["backend", "path", "req/s", "vs hello", "p50 ms", "p99 ms", "non-2xx", "errors"]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()

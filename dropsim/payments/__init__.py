@@ -1,0 +1,1 @@
+"""Payments: charges at an external provider, its signed callbacks, retries and timeouts."""

@@ -1,0 +1,152 @@
+"""Payment tables: `payments` sharded by user id, `payment_callbacks` by provider event id."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from dropsim.payments.models import Payment, PaymentStatus
+from dropsim.ports import Migration, Row, ShardedDatabase
+from dropsim.timeutil import to_datetime
+
+MIGRATIONS = (
+    Migration(
+        "payments-001",
+        (
+            "CREATE TABLE IF NOT EXISTS payments (id TEXT PRIMARY KEY, "
+            "order_id TEXT NOT NULL UNIQUE, user_id TEXT NOT NULL, drop_id TEXT NOT NULL, "
+            "amount_cents BIGINT NOT NULL, idempotency_key TEXT NOT NULL, status TEXT NOT NULL, "
+            "provider_charge_id TEXT, failure_reason TEXT NOT NULL DEFAULT '', "
+            "created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS payments_by_drop ON payments (drop_id, status)",
+            "CREATE TABLE IF NOT EXISTS payment_callbacks (event_id TEXT PRIMARY KEY, "
+            "received_at DOUBLE PRECISION NOT NULL)",
+        ),
+    ),
+)
+
+_COLUMNS = (
+    "id, order_id, user_id, drop_id, amount_cents, idempotency_key, status, provider_charge_id, "
+    "failure_reason, created_at, updated_at"
+)
+
+
+def _payment(row: Row) -> Payment:
+    return Payment(
+        id=row[0],
+        order_id=row[1],
+        user_id=row[2],
+        drop_id=row[3],
+        amount_cents=int(row[4]),
+        idempotency_key=row[5],
+        status=PaymentStatus(row[6]),
+        provider_charge_id=row[7],
+        failure_reason=row[8],
+        created_at=to_datetime(row[9]),
+        updated_at=to_datetime(row[10]),
+    )
+
+
+class PaymentStore:
+    def __init__(self, db: ShardedDatabase) -> None:
+        self._db = db
+
+    async def insert(self, payment: Payment) -> bool:
+        """Record a new payment; False if its order has one already (nothing is changed)."""
+        changed = await self._db.shard(self._db.shard_of(payment.user_id)).execute(
+            f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (order_id) DO NOTHING",
+            (
+                payment.id,
+                payment.order_id,
+                payment.user_id,
+                payment.drop_id,
+                payment.amount_cents,
+                payment.idempotency_key,
+                payment.status.value,
+                payment.provider_charge_id,
+                payment.failure_reason,
+                payment.created_at.timestamp(),
+                payment.updated_at.timestamp(),
+            ),
+        )
+        return changed == 1
+
+    async def payment_of_order(self, user_id: str, order_id: str) -> Payment | None:
+        row = await self._db.shard(self._db.shard_of(user_id)).fetch_one(
+            f"SELECT {_COLUMNS} FROM payments WHERE order_id = ? AND user_id = ?",
+            (order_id, user_id),
+        )
+        return None if row is None else _payment(row)
+
+    async def move(
+        self,
+        user_id: str,
+        payment_id: str,
+        expected: Sequence[PaymentStatus],
+        target: PaymentStatus,
+        now: float,
+        *,
+        charge_id: str | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Compare-and-set the status (True only for the caller that made the move); a known
+        charge id is kept, a `reason` replaces the failure reason."""
+        marks = ", ".join("?" for _ in expected)
+        changed = await self._db.shard(self._db.shard_of(user_id)).execute(
+            "UPDATE payments SET status = ?, updated_at = ?, "
+            "provider_charge_id = COALESCE(provider_charge_id, ?), "
+            "failure_reason = COALESCE(?, failure_reason) "
+            f"WHERE id = ? AND user_id = ? AND status IN ({marks})",
+            (
+                target.value,
+                now,
+                charge_id,
+                reason,
+                payment_id,
+                user_id,
+                *(status.value for status in expected),
+            ),
+        )
+        return changed == 1
+
+    async def claim_callback(self, event_id: str, now: float) -> bool:
+        """Record a provider event as being processed; False if it was seen before."""
+        changed = await self._db.shard(self._db.shard_of(event_id)).execute(
+            "INSERT INTO payment_callbacks (event_id, received_at) VALUES (?, ?) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            (event_id, now),
+        )
+        return changed == 1
+
+    async def forget_callback(self, event_id: str) -> None:
+        """Undo a claim whose processing failed, so the provider's redelivery is processed."""
+        await self._db.shard(self._db.shard_of(event_id)).execute(
+            "DELETE FROM payment_callbacks WHERE event_id = ?", (event_id,)
+        )
+
+    async def payments_of_drop(self, drop_id: str) -> list[Payment]:
+        """Every payment for a drop, from every shard."""
+        return [
+            _payment(row)
+            for row in await self._everywhere(
+                f"SELECT {_COLUMNS} FROM payments WHERE drop_id = ?", (drop_id,)
+            )
+        ]
+
+    async def succeeded_payments(self, drop_id: str) -> list[tuple[str, str, str]]:
+        """(payment id, order id, user id) of a drop's payments in status `succeeded`."""
+        rows = await self._everywhere(
+            "SELECT id, order_id, user_id FROM payments WHERE drop_id = ? AND status = ?",
+            (drop_id, PaymentStatus.SUCCEEDED.value),
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def _everywhere(self, query: str, params: Sequence[object]) -> list[Row]:
+        shards = await asyncio.gather(
+            *(
+                self._db.shard(index).fetch_all(query, params)
+                for index in range(self._db.shard_count)
+            )
+        )
+        return [row for rows in shards for row in rows]
