@@ -32,21 +32,33 @@ class Cache:
         self, key: str, load: Callable[[], Awaitable[T | None]], kind: type[T]
     ) -> T | None:
         """The cached value for `key`, or `load()` once per process however many ask at once."""
-        raw = await self._kv.get(key)
-        if raw is not None:
-            return None if raw == _MISSING else msgspec.json.decode(raw, type=kind)
-        pending = self._loading.get(key)
-        if pending is not None:
-            result: T | None = await asyncio.shield(pending)
-            return result
+        # Join the read in flight before sending our own GET: a GET sent while another caller's
+        # load is finishing can still miss, and would load a second time.
+        while (pending := self._loading.get(key)) is not None:
+            try:
+                result: T | None = await asyncio.shield(pending)
+                return result
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # the caller that was loading got cancelled, we did not: take the load over
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         try:
-            value = await load()
-            encoded = _MISSING if value is None else msgspec.json.encode(value).decode()
-            await self._kv.set(key, encoded, px=self._ttl_ms())
+            value: T | None
+            raw = await self._kv.get(key)
+            if raw is not None:
+                value = None if raw == _MISSING else msgspec.json.decode(raw, type=kind)
+            else:
+                value = await load()
+                encoded = _MISSING if value is None else msgspec.json.encode(value).decode()
+                await self._kv.set(key, encoded, px=self._ttl_ms())
             future.set_result(value)
             return value
+        except asyncio.CancelledError:
+            future.cancel()  # waiters retry the load rather than being cancelled with us
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters re-raise it, nobody logs it as lost
