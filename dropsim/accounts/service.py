@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -68,3 +69,10 @@ class AccountService:
     async def add_seeded_users(self, users: list[User]) -> None:
         """Insert users made by the seeder (no credentials: they get minted tokens)."""
         await self._store.insert_users(users)
+
+    async def add_seeded_users_in_bulk(
+        self, users: Sequence[tuple[str, str]], role: Role, created_at: float
+    ) -> int:
+        """Insert many `(id, handle)` seeded users at once (existing ids are left alone); return
+        how many were new. For crowds of fans: no `User` object per row, no per-row statement."""
+        return await self._store.insert_users_in_bulk(users, role, created_at)

@@ -1,8 +1,11 @@
-"""Account tables: `users` sharded by user id, `credentials` sharded by e-mail (log-in looks up by it)."""
+"""Account tables: `users` sharded by user id, `credentials` by e-mail (log-in looks up by it)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+
+import msgspec
 
 from dropsim.accounts.models import Role, User
 from dropsim.ports import Migration, ShardedDatabase
@@ -17,6 +20,16 @@ MIGRATIONS = (
             "user_id TEXT NOT NULL, password_hash TEXT NOT NULL)",
         ),
     ),
+)
+
+# The rows travel as one JSON object {id: handle} per shard, unpacked by the database: no per-row
+# loop in the driver (asyncpg checks every element of an array parameter in Python). `WHERE true`
+# keeps SQLite's parser from reading ON CONFLICT as part of a join.
+_JSON_OBJECT_ROWS = {"sqlite": "json_each(?)", "postgresql": "json_each_text(CAST(? AS json))"}
+_BULK_USERS = (
+    "INSERT INTO users (id, handle, email, role, created_at) "
+    "SELECT u.key, u.value, NULL, CAST(? AS TEXT), CAST(? AS DOUBLE PRECISION) "
+    "FROM {rows} AS u WHERE true ON CONFLICT (id) DO NOTHING"
 )
 
 
@@ -59,6 +72,25 @@ class AccountStore:
                 "ON CONFLICT (id) DO NOTHING",
                 rows,
             )
+
+    async def insert_users_in_bulk(
+        self, users: Sequence[tuple[str, str]], role: Role, created_at: float
+    ) -> int:
+        """Insert `(id, handle)` users without e-mail, skipping existing ids; return how many were
+        new. One statement per shard, the shards written concurrently."""
+        by_shard: dict[int, list[tuple[str, str]]] = {}
+        for user in users:
+            by_shard.setdefault(self._db.shard_of(user[0]), []).append(user)
+        sql = _BULK_USERS.format(rows=_JSON_OBJECT_ROWS[self._db.dialect])
+        inserted = await asyncio.gather(
+            *(
+                self._db.shard(shard).execute(
+                    sql, (role.value, created_at, msgspec.json.encode(dict(sorted(rows))).decode())
+                )
+                for shard, rows in by_shard.items()
+            )
+        )
+        return sum(inserted)
 
     async def user(self, user_id: str) -> User | None:
         row = await self._db.shard(self._db.shard_of(user_id)).fetch_one(

@@ -1,0 +1,1 @@
+"""The follow service: who follows which creator, stored by creator and by follower."""
