@@ -69,7 +69,8 @@ def drop_starts(drop: dict[str, Any]) -> float:
 
 
 async def rush(client: httpx.AsyncClient, drop_id: str, tokens: dict[str, str], *,
-               keys_per_buyer: int = 3, clicks_per_key: int = 2, seed: int = 7) -> RushResult:
+               keys_per_buyer: int = 3, clicks_per_key: int = 2, seed: int = 7,
+               server_may_die: bool = False) -> RushResult:
     """Every buyer tries `keys_per_buyer` purchases, each clicked `clicks_per_key` times, all
     launched at once (shuffled) over `CONNECTIONS` connections; a timeout or an "in flight"
     answer is retried with the same key, as a client should.
@@ -88,7 +89,7 @@ async def rush(client: httpx.AsyncClient, drop_id: str, tokens: dict[str, str], 
     path = f"/v1/drops/{drop_id}/orders"
 
     async def click(session: aiohttp.ClientSession, user: str, token: str, key: str) -> None:
-        for _ in range(10):
+        for _ in range(200):
             try:
                 async with session.post(
                     path, json={"quantity": 1},
@@ -96,10 +97,13 @@ async def rush(client: httpx.AsyncClient, drop_id: str, tokens: dict[str, str], 
                 ) as response:
                     status, body = response.status, await response.json(content_type=None)
             except (TimeoutError, aiohttp.ClientError):
+                if server_may_die:
+                    result.codes["connection_lost"] += 1
+                    return
                 continue  # retry with the same key: it can never buy twice
             if status == 409 and body["code"] == "idempotency_key_in_flight":
                 result.codes["idempotency_key_in_flight"] += 1
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
                 continue
             result.statuses[status] += 1
             if status == 201:

@@ -69,7 +69,7 @@ async def test_rush_with_payment_faults_keeps_every_invariant(backend_settings: 
             first = await settled_audit(client, server.settings, drop["id"])
             assert first["ok"], first
             waves = 0
-            while first["sold"] < STOCK and waves < 5:
+            while first["sold"] < STOCK and waves < 12:
                 waves += 1
                 latecomers = await buyer_tokens(client, server.settings, 100,
                                                 prefix=f"usr_wave{waves}_")

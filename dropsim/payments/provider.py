@@ -39,6 +39,7 @@ from dropsim.errors import Conflict, InvalidRequest, NotFound, Unprocessable
 from dropsim.gateway.problems import EXCEPTION_HANDLERS, problem
 from dropsim.ids import new_id
 from dropsim.payments.signing import SIGNATURE_HEADER, sign
+from dropsim.payments.transport import in_flight_gate, pooled_client
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp
@@ -218,18 +219,17 @@ class SimulatedProvider:
     deliveries: int = 0
     """Callback delivery attempts made so far (for tests and curiosity)."""
     _random: random.Random = field(init=False)
+    _in_flight: asyncio.Semaphore = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _owns_http: bool = False
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.config.seed)
+        self._in_flight = in_flight_gate()
 
     async def open(self) -> None:
         if self.http is None:
-            self.http = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.config.callback_timeout_seconds, pool=None),
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            )
+            self.http = pooled_client(self.config.callback_timeout_seconds)
             self._owns_http = True
 
     async def close(self) -> None:
@@ -383,7 +383,8 @@ class SimulatedProvider:
                 "Content-Type": "application/json",
             }
             try:
-                response = await self.http.post(url, content=event, headers=headers)
+                async with self._in_flight:
+                    response = await self.http.post(url, content=event, headers=headers)
             except httpx.HTTPError as exc:
                 logger.debug("callback to %s failed: %r", url, exc)
                 continue

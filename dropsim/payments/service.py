@@ -43,6 +43,7 @@ from dropsim.payments.models import (
 )
 from dropsim.payments.signing import verify
 from dropsim.payments.store import PaymentStore
+from dropsim.payments.transport import in_flight_gate, pooled_client
 from dropsim.timeutil import to_datetime
 
 logger = logging.getLogger("dropsim.payments")
@@ -131,12 +132,8 @@ class PaymentService:
         self._secret = signing_secret
         self._timeout = timeout_seconds
         self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(
-            # waiting for a pooled connection is local queueing, not provider slowness: only
-            # the overall deadline bounds it
-            timeout=httpx.Timeout(attempt_timeout_seconds, pool=None),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-        )
+        self._http = http or pooled_client(attempt_timeout_seconds)
+        self._in_flight = in_flight_gate()
         self._settle = settle
         self._attempt_timeout = attempt_timeout_seconds
         self._max_attempts = max_attempts
@@ -259,12 +256,13 @@ class PaymentService:
                 ceiling = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
                 await asyncio.sleep(ceiling / 2 + random.uniform(0, ceiling / 2))
             try:
-                response = await self._http.post(
-                    f"{self._provider_url}{path}",
-                    content=body,
-                    headers=headers,
-                    timeout=httpx.Timeout(self._attempt_timeout, pool=None),
-                )
+                async with self._in_flight:
+                    response = await self._http.post(
+                        f"{self._provider_url}{path}",
+                        content=body,
+                        headers=headers,
+                        timeout=httpx.Timeout(self._attempt_timeout, pool=None),
+                    )
             except httpx.TransportError as exc:
                 logger.info(
                     "provider %s%s: %r (attempt %d)", self._provider_url, path, exc, attempt + 1
