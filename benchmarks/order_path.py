@@ -76,9 +76,20 @@ def wrk(url: str, script: str, seconds: int, connections: int) -> dict[str, floa
         handle.write(script)
     try:
         output = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s",
-             handle.name, url],
-            capture_output=True, text=True, check=True,
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                handle.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     finally:
         os.unlink(handle.name)
@@ -92,28 +103,49 @@ async def prepare(url: str, settings: Settings) -> tuple[list[str], str, str]:
     """Buyer tokens, a drop that never runs out, and a sold-out drop."""
     admin = TokenIssuer(settings.signing_secret(), 3600).issue("bench-admin", Role.ADMIN)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        signup = await client.post("/v1/auth/signup", json={
-            "email": "bench-creator@example.com", "password": "benchmark!", "handle": "bench"})
+        signup = await client.post(
+            "/v1/auth/signup",
+            json={
+                "email": "bench-creator@example.com",
+                "password": "benchmark!",
+                "handle": "bench",
+            },
+        )
         creator = await client.post(
-            "/v1/creators", json={"handle": "bench", "display_name": "Bench"},
-            headers={"Authorization": f"Bearer {signup.json()['access_token']}"})
+            "/v1/creators",
+            json={"handle": "bench", "display_name": "Bench"},
+            headers={"Authorization": f"Bearer {signup.json()['access_token']}"},
+        )
         auth = {"Authorization": f"Bearer {creator.json()['access_token']}"}
         product = (await client.post("/v1/products", json={"name": "Tee"}, headers=auth)).json()
         starts = datetime.now(UTC) + timedelta(seconds=1)
         drops = []
         for stock in (10_000_000, 1):
-            drop = await client.post("/v1/drops", headers=auth, json={
-                "product_id": product["id"], "stock": stock, "price_cents": 2500,
-                "per_user_limit": 1000, "starts_at": starts.isoformat(),
-                "ends_at": (starts + timedelta(hours=1)).isoformat()})
+            drop = await client.post(
+                "/v1/drops",
+                headers=auth,
+                json={
+                    "product_id": product["id"],
+                    "stock": stock,
+                    "price_cents": 2500,
+                    "per_user_limit": 1000,
+                    "starts_at": starts.isoformat(),
+                    "ends_at": (starts + timedelta(hours=1)).isoformat(),
+                },
+            )
             drops.append(drop.json()["id"])
-        minted = await client.post("/v1/admin/tokens", headers={"Authorization": f"Bearer {admin}"},
-                                   json={"user_ids": [f"usr_buyer{i}" for i in range(BUYERS)]})
+        minted = await client.post(
+            "/v1/admin/tokens",
+            headers={"Authorization": f"Bearer {admin}"},
+            json={"user_ids": [f"usr_buyer{i}" for i in range(BUYERS)]},
+        )
         tokens = list(minted.json()["tokens"].values())
         await asyncio.sleep(1.2)
-        sold = await client.post(f"/v1/drops/{drops[1]}/orders", json={"quantity": 1},
-                                 headers={"Authorization": f"Bearer {tokens[0]}",
-                                          "Idempotency-Key": "sell-it-out"})
+        sold = await client.post(
+            f"/v1/drops/{drops[1]}/orders",
+            json={"quantity": 1},
+            headers={"Authorization": f"Bearer {tokens[0]}", "Idempotency-Key": "sell-it-out"},
+        )
         assert sold.status_code == 201, sold.text
     return tokens, drops[0], drops[1]
 
@@ -128,11 +160,18 @@ def run_backend(name: str, settings: Settings, seconds: int, connections: int) -
             script = order_script(tokens, f"/v1/drops/{drop}/orders")
             results[label] = wrk(server.url, script, seconds, connections)
         for label, result in results.items():
-            rows.append([
-                name, label, f"{result['rps']:,.0f}", f"{result['rps'] / hello['rps']:.0%}",
-                f"{result['p50_ms']:.1f}", f"{result['p99_ms']:.1f}",
-                f"{int(result['non_2xx']):,}", f"{int(result['errors']):,}",
-            ])
+            rows.append(
+                [
+                    name,
+                    label,
+                    f"{result['rps']:,.0f}",
+                    f"{result['rps'] / hello['rps']:.0%}",
+                    f"{result['p50_ms']:.1f}",
+                    f"{result['p99_ms']:.1f}",
+                    f"{int(result['non_2xx']):,}",
+                    f"{int(result['errors']):,}",
+                ]
+            )
     return rows
 
 
@@ -145,14 +184,18 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     quiet_payments: dict[str, Any] = {
-        "provider_callback_loss_rate": 1.0, "payment_timeout_seconds": 3600,
+        "provider_callback_loss_rate": 1.0,
+        "payment_timeout_seconds": 3600,
         "reservation_hold_seconds": 3600,
     }
     rows = []
     with tempfile.TemporaryDirectory() as directory:
-        rows += run_backend("embedded", embedded_settings(Path(directory), shards=4,
-                                                          **quiet_payments),
-                            args.seconds, args.connections)
+        rows += run_backend(
+            "embedded",
+            embedded_settings(Path(directory), shards=4, **quiet_payments),
+            args.seconds,
+            args.connections,
+        )
         if args.real:
             from tests.conftest import real_settings
 

@@ -23,14 +23,20 @@ class Admin(Protocol):
     async def seed_creator(self, handle: str, display_name: str) -> str: ...
 
     async def seed_followers(
-        self, creator_id: str, count: int, *, start: int = 0, batch: int = CHUNK,
+        self,
+        creator_id: str,
+        count: int,
+        *,
+        start: int = 0,
+        batch: int = CHUNK,
         progress: Callable[[int], None] | None = None,
     ) -> int: ...
 
     async def audit(self, drop_id: str) -> dict[str, Any]: ...
 
-    async def reconcile(self, drop_ids: list[str] | None, *, only_missing: bool
-                        ) -> list[dict[str, Any]]: ...
+    async def reconcile(
+        self, drop_ids: list[str] | None, *, only_missing: bool
+    ) -> list[dict[str, Any]]: ...
 
 
 class LocalAdmin:
@@ -44,7 +50,12 @@ class LocalAdmin:
         return creator_id
 
     async def seed_followers(
-        self, creator_id: str, count: int, *, start: int = 0, batch: int = CHUNK,
+        self,
+        creator_id: str,
+        count: int,
+        *,
+        start: int = 0,
+        batch: int = CHUNK,
         progress: Callable[[int], None] | None = None,
     ) -> int:
         added: int = await self._services.seeder.seed_followers(
@@ -56,8 +67,9 @@ class LocalAdmin:
         report: dict[str, Any] = msgspec.to_builtins(await self._services.auditor.audit(drop_id))
         return report
 
-    async def reconcile(self, drop_ids: list[str] | None, *, only_missing: bool
-                        ) -> list[dict[str, Any]]:
+    async def reconcile(
+        self, drop_ids: list[str] | None, *, only_missing: bool
+    ) -> list[dict[str, Any]]:
         rebuilt = await self._services.reconciler.reconcile(
             only_missing=only_missing, drop_ids=drop_ids
         )
@@ -98,14 +110,20 @@ class RemoteAdmin:
         return str(body["creator_id"])
 
     async def seed_followers(
-        self, creator_id: str, count: int, *, start: int = 0, batch: int = CHUNK,
+        self,
+        creator_id: str,
+        count: int,
+        *,
+        start: int = 0,
+        batch: int = CHUNK,
         progress: Callable[[int], None] | None = None,
     ) -> int:
         added, done = 0, 0
         while done < count:
             size = min(batch, count - done)
             body = await self._call(
-                "POST", "/v1/admin/seed/followers",
+                "POST",
+                "/v1/admin/seed/followers",
                 {"creator_id": creator_id, "start": start + done, "count": size},
             )
             added += int(body["added"])
@@ -118,8 +136,9 @@ class RemoteAdmin:
         report: dict[str, Any] = await self._call("GET", f"/v1/admin/drops/{drop_id}/audit")
         return report
 
-    async def reconcile(self, drop_ids: list[str] | None, *, only_missing: bool
-                        ) -> list[dict[str, Any]]:
+    async def reconcile(
+        self, drop_ids: list[str] | None, *, only_missing: bool
+    ) -> list[dict[str, Any]]:
         rebuilt: list[dict[str, Any]] = await self._call(
             "POST", "/v1/admin/reconcile", {"drop_ids": drop_ids, "only_missing": only_missing}
         )

@@ -100,12 +100,18 @@ def build_services(
     order_store, inventory = OrderStore(backends.db), Inventory(backends.kv)
     reconciler = Reconciler(order_store, inventory, creators)
     orders = OrderService(
-        order_store, inventory, IdempotencyRecords(backends.kv), creators, reconciler, events,
+        order_store,
+        inventory,
+        IdempotencyRecords(backends.kv),
+        creators,
+        reconciler,
+        events,
         hold_seconds=settings.reservation_hold_seconds,
     )
     creators.add_listener(orders)
     payments = PaymentService(
-        PaymentStore(backends.db), events,
+        PaymentStore(backends.db),
+        events,
         provider_url=provider_url or settings.payment_provider_url,
         callback_url=f"{settings.public_url.rstrip('/')}/v1/payments/callback",
         signing_secret=settings.payment_secret(),

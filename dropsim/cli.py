@@ -12,8 +12,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.panel import Panel
-from rich.table import Table
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from dropsim import __version__
 from dropsim.accounts.models import Role
@@ -52,7 +52,9 @@ DataDir = Annotated[
 
 
 def _settings(
-    kv_url: str | None = None, db_url: str | None = None, shards: int | None = None,
+    kv_url: str | None = None,
+    db_url: str | None = None,
+    shards: int | None = None,
     data_dir: Path | None = None,
 ) -> Settings:
     return load_settings(kv_url=kv_url, db_url=db_url, shards=shards, data_dir=data_dir)
@@ -137,8 +139,13 @@ def provider(
 
     settings = _settings(data_dir=data_dir)
     console.print(f"simulated payment provider on [cyan]http://127.0.0.1:{port}[/]")
-    uvicorn.run(create_provider_app(provider_config(settings)), host="127.0.0.1", port=port,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        create_provider_app(provider_config(settings)),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 @app.command()
@@ -150,8 +157,10 @@ def seed(
     prefix: Annotated[str, typer.Option(help="handles are <prefix>1, <prefix>2, ...")] = "celeb",
     url: Annotated[
         str | None,
-        typer.Option(help="seed through this running server (found automatically when it "
-                     "serves the embedded backends of the same data dir)"),
+        typer.Option(
+            help="seed through this running server (found automatically when it "
+            "serves the embedded backends of the same data dir)"
+        ),
     ] = None,
     batch: Annotated[int, typer.Option(min=100, max=200_000, help="edges per batch")] = 50_000,
     kv_url: KvUrl = None,
@@ -164,8 +173,12 @@ def seed(
     url = _server_url(settings, url)
     handles = [f"{prefix}{index}" for index in range(1, creators + 1)]
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         results = _run(lambda: _seed(settings, url, handles, followers, batch, progress))
     for handle, (creator_id, added) in zip(handles, results, strict=True):
@@ -173,7 +186,11 @@ def seed(
 
 
 async def _seed(
-    settings: Settings, url: str | None, handles: list[str], followers: int, batch: int,
+    settings: Settings,
+    url: str | None,
+    handles: list[str],
+    followers: int,
+    batch: int,
     progress: Progress,
 ) -> list[tuple[str, int]]:
     import time
@@ -191,8 +208,7 @@ async def _seed(
                 rate = done / max(time.perf_counter() - started, 1e-9)
                 progress.update(task, completed=done, rate=f"{rate:,.0f} edges/s")
 
-            added = await admin.seed_followers(creator_id, followers, batch=batch,
-                                               progress=advance)
+            added = await admin.seed_followers(creator_id, followers, batch=batch, progress=advance)
             results.append((creator_id, added))
     return results
 
@@ -212,8 +228,11 @@ def _server_url(settings: Settings, url: str | None) -> str | None:
 
 ServerUrl = Annotated[
     str | None,
-    typer.Option("--url", help="act through this running server (found automatically when "
-                 "it serves the embedded backends of the same data dir)"),
+    typer.Option(
+        "--url",
+        help="act through this running server (found automatically when "
+        "it serves the embedded backends of the same data dir)",
+    ),
 ]
 
 
@@ -242,11 +261,22 @@ def audit(
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         table = Table(title=f"audit of {drop_id}", show_header=False)
-        for name in ("stock", "available", "reserved", "sold", "confirmed_units_sql",
-                     "pending_orders_sql", "per_user_limit"):
+        for name in (
+            "stock",
+            "available",
+            "reserved",
+            "sold",
+            "confirmed_units_sql",
+            "pending_orders_sql",
+            "per_user_limit",
+        ):
             table.add_row(name, str(report[name]))
-        for name in ("users_over_limit", "duplicate_keys", "orphan_payments",
-                     "unpaid_confirmed_orders"):
+        for name in (
+            "users_over_limit",
+            "duplicate_keys",
+            "orphan_payments",
+            "unpaid_confirmed_orders",
+        ):
             table.add_row(name, ", ".join(report[name]) or "none")
         for check, ok in report["checks"].items():
             table.add_row(check, "[green]ok[/]" if ok else "[red]BROKEN[/]")
@@ -257,8 +287,9 @@ def audit(
 
 @app.command()
 def reconcile(
-    drop_ids: Annotated[list[str] | None, typer.Argument(help="drops to rebuild (all if none)")]
-    = None,
+    drop_ids: Annotated[
+        list[str] | None, typer.Argument(help="drops to rebuild (all if none)")
+    ] = None,
     only_missing: Annotated[
         bool, typer.Option(help="only rebuild counters missing from the KV store")
     ] = False,
@@ -284,8 +315,13 @@ def reconcile(
     rebuilt = _run(work)
     table = Table("drop", "stock", "sold", "reserved", "expired now", title="rebuilt from SQL")
     for line in rebuilt:
-        table.add_row(line["drop_id"], str(line["stock"]), str(line["sold"]),
-                      str(line["reserved"]), str(line["expired"]))
+        table.add_row(
+            line["drop_id"],
+            str(line["stock"]),
+            str(line["sold"]),
+            str(line["reserved"]),
+            str(line["expired"]),
+        )
     console.print(table)
 
 

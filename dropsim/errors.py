@@ -1,15 +1,15 @@
 """The domain error tree, raised below the API layer and mapped to HTTP problems once in app.py.
 
-    DropsimError
-    ├── ConfigurationError        bad settings or an unreachable backend (CLI: one line, exit 2)
-    │   └── BackendUnavailable
-    └── DomainError               has an HTTP status and a stable `code`
-        ├── InvalidRequest        400 invalid_request
-        ├── AuthenticationFailed  401 authentication_failed
-        ├── Forbidden             403 forbidden
-        ├── NotFound              404 not_found
-        ├── Conflict              409 conflict
-        └── Unprocessable         422 unprocessable
+DropsimError
+├── ConfigurationError        bad settings or an unreachable backend (CLI: one line, exit 2)
+│   └── BackendUnavailable
+└── DomainError               has an HTTP status and a stable `code`
+    ├── InvalidRequest        400 invalid_request
+    ├── AuthenticationFailed  401 authentication_failed
+    ├── Forbidden             403 forbidden
+    ├── NotFound              404 not_found
+    ├── Conflict              409 conflict
+    └── Unprocessable         422 unprocessable
 """
 
 from __future__ import annotations

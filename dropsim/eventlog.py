@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import msgspec
 
@@ -27,14 +28,20 @@ class EventLog:
             "at": repr(time.time()),
             "data": msgspec.json.encode(event).decode(),
         }
-        event_id: str = await self._kv.xadd(
-            self._stream, fields, maxlen=self._max_len, approximate=True  # type: ignore[arg-type]
+        event_id = await self._kv.xadd(
+            self._stream,
+            fields,  # type: ignore[arg-type]  # redis-py's mapping type is invariant
+            maxlen=self._max_len,
+            approximate=True,
         )
-        return event_id
+        return str(event_id)
 
     async def read_after(self, after_id: str = "0-0", count: int = 1000) -> list[Envelope]:
         """Events with ids strictly greater than `after_id`, oldest first."""
-        entries = await self._kv.xrange(self._stream, min=f"({after_id}", count=count)
+        entries: list[tuple[str, dict[str, str]]] = cast(
+            "list[tuple[str, dict[str, str]]]",
+            await self._kv.xrange(self._stream, min=f"({after_id}", count=count),
+        )
         return [_envelope(entry_id, fields) for entry_id, fields in entries]
 
 

@@ -13,8 +13,9 @@ from typing import Any, Protocol, TypeAlias
 
 from redis.asyncio import Redis
 
-KeyValueStore: TypeAlias = "Redis[str]"
-"""Cache, counters, Lua scripts, locks and the event log (strings in, strings out)."""
+KeyValueStore: TypeAlias = Redis
+"""Cache, counters, Lua scripts, locks and the event log. Every backend opens it with
+`decode_responses=True`, so replies are `str` although redis-py types them `bytes | str`."""
 
 Row: TypeAlias = Sequence[Any]
 """A result row, indexable by column position."""
@@ -67,7 +68,7 @@ class ShardedDatabase(Protocol):
         """A transaction on shard `index`: committed on exit, rolled back on an exception."""
 
     async def migrate(self, migrations: Sequence[Migration]) -> None:
-        """Apply, on every shard, each migration not yet applied there (safe to run concurrently)."""
+        """Apply on every shard each migration not applied there yet (safe to run concurrently)."""
 
     async def ping(self) -> None:
         """Raise if any shard does not answer."""

@@ -50,9 +50,7 @@ def running_server(settings: Settings) -> RunningServer | None:
 
 def settings_environment(settings: Settings) -> dict[str, str]:
     """`settings` as DROPSIM_* variables, so worker processes build the same app."""
-    return {
-        f"DROPSIM_{name.upper()}": str(value) for name, value in settings.model_dump().items()
-    }
+    return {f"DROPSIM_{name.upper()}": str(value) for name, value in settings.model_dump().items()}
 
 
 def start_provider_process(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
@@ -62,7 +60,8 @@ def start_provider_process(settings: Settings) -> tuple[subprocess.Popen[bytes],
     port = free_port()
     env = {**os.environ, **settings_environment(settings)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "dropsim.cli", "provider", "--port", str(port)], env=env,
+        [sys.executable, "-m", "dropsim.cli", "provider", "--port", str(port)],
+        env=env,
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
@@ -96,6 +95,8 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, log_level: 
         return
     os.environ.update(settings_environment(settings))
     uvicorn.run(
-        "dropsim.app:app_from_environment", factory=True, workers=workers,
+        "dropsim.app:app_from_environment",
+        factory=True,
+        workers=workers,
         **common,  # type: ignore[arg-type]
     )

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     """Lifetime of an access token."""
     cache_ttl_seconds: float = Field(default=30.0, gt=0)
-    """Catalog cache-aside TTL; each entry gets up to +20 % jitter so keys do not expire together."""
+    """Catalog cache-aside TTL; each entry gets up to +20 % jitter so keys expire apart."""
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     """Largest request body accepted; bigger bodies get 413."""
     scheduler_poll_seconds: float = Field(default=0.5, gt=0, le=10)
@@ -73,9 +73,7 @@ class Settings(BaseSettings):
     def _known_kv_scheme(cls, value: str) -> str:
         scheme = urlsplit(value).scheme
         if scheme not in KV_SCHEMES:
-            raise ValueError(
-                f"unknown KV scheme {scheme!r}: use memory:// or redis://host:6379/0"
-            )
+            raise ValueError(f"unknown KV scheme {scheme!r}: use memory:// or redis://host:6379/0")
         return value
 
     @field_validator("db_url")
@@ -107,7 +105,7 @@ class Settings(BaseSettings):
         return self.kv_url.startswith("memory://")
 
     def signing_secret(self) -> str:
-        """The JWT secret: the configured one, or one kept in the data dir so CLI and server agree."""
+        """The JWT secret: the configured one, or one kept in the data dir for CLI and server."""
         if self.jwt_secret:
             return self.jwt_secret
         path = self.data_dir / "jwt-secret"
@@ -150,7 +148,7 @@ def _kept_secret(path: Path) -> str:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment with `overrides` (CLI flags) on top; one clear error if invalid."""
+    """Settings from the environment, `overrides` (CLI flags) on top; one clear error if invalid."""
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**given)  # type: ignore[arg-type]

@@ -60,20 +60,33 @@ class ServerProcess:
         self.settings = settings.model_copy(update={"public_url": self.url})
         self._workers = workers
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         env = {**os.environ, **settings_environment(self.settings)}
         command = [
-            sys.executable, "-m", "uvicorn", "dropsim.app:app_from_environment", "--factory",
-            "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log",
-            "--workers", str(self._workers), "--timeout-graceful-shutdown", "3",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "dropsim.app:app_from_environment",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--no-access-log",
+            "--workers",
+            str(self._workers),
+            "--timeout-graceful-shutdown",
+            "3",
         ]
         self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"server exited with {self._process.returncode}:\n{self.output()}")
+                raise RuntimeError(
+                    f"server exited with {self._process.returncode}:\n{self.output()}"
+                )
             try:
                 if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
                     return self

@@ -34,7 +34,8 @@ async def make_creator(client: Client, handle: str | None = None) -> tuple[str, 
     handle = handle or f"creator{next(_counter)}"
     _, token = await sign_up(client, handle)
     response = await client.post(
-        "/v1/creators", json={"handle": handle, "display_name": handle.title()},
+        "/v1/creators",
+        json={"handle": handle, "display_name": handle.title()},
         headers=bearer(token),
     )
     assert response.status_code == 201, response.text
@@ -43,8 +44,13 @@ async def make_creator(client: Client, handle: str | None = None) -> tuple[str, 
 
 
 async def make_drop(
-    client: Client, token: str, *, starts_in: float = 3600, lasts: float = 3600,
-    stock: int = 10, per_user_limit: int = 1,
+    client: Client,
+    token: str,
+    *,
+    starts_in: float = 3600,
+    lasts: float = 3600,
+    stock: int = 10,
+    per_user_limit: int = 1,
 ) -> dict[str, Any]:
     """A product and a drop of it, starting `starts_in` seconds from now."""
     product = await client.post("/v1/products", json={"name": "Hoodie"}, headers=bearer(token))
@@ -53,8 +59,11 @@ async def make_drop(
     response = await client.post(
         "/v1/drops",
         json={
-            "product_id": product.json()["id"], "stock": stock, "price_cents": 4900,
-            "per_user_limit": per_user_limit, "starts_at": starts_at.isoformat(),
+            "product_id": product.json()["id"],
+            "stock": stock,
+            "price_cents": 4900,
+            "per_user_limit": per_user_limit,
+            "starts_at": starts_at.isoformat(),
             "ends_at": (starts_at + timedelta(seconds=lasts)).isoformat(),
         },
         headers=bearer(token),

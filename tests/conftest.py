@@ -94,5 +94,3 @@ def real_backend_settings(tmp_path: Path) -> Settings:
 def settings(tmp_path: Path) -> Settings:
     """Embedded backends in a temporary directory."""
     return embedded_settings(tmp_path)
-
-

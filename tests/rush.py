@@ -18,7 +18,6 @@ from dropsim.gateway.tokens import TokenIssuer
 from dropsim.settings import Settings
 from tests.apiclient import bearer, make_creator, make_drop
 
-
 CONNECTIONS = 200
 
 
@@ -40,10 +39,12 @@ def admin_token(settings: Settings) -> str:
     return TokenIssuer(settings.signing_secret(), 3600).issue("test-admin", Role.ADMIN)
 
 
-async def buyer_tokens(client: httpx.AsyncClient, settings: Settings, count: int,
-                       prefix: str = "usr_buyer") -> dict[str, str]:
+async def buyer_tokens(
+    client: httpx.AsyncClient, settings: Settings, count: int, prefix: str = "usr_buyer"
+) -> dict[str, str]:
     minted = await client.post(
-        "/v1/admin/tokens", json={"user_ids": [f"{prefix}{i}" for i in range(count)]},
+        "/v1/admin/tokens",
+        json={"user_ids": [f"{prefix}{i}" for i in range(count)]},
         headers=bearer(admin_token(settings)),
     )
     assert minted.status_code == 200, minted.text
@@ -51,11 +52,13 @@ async def buyer_tokens(client: httpx.AsyncClient, settings: Settings, count: int
     return tokens
 
 
-async def open_drop(client: httpx.AsyncClient, *, stock: int, limit: int,
-                    starts_in: float = 1.0) -> dict[str, Any]:
+async def open_drop(
+    client: httpx.AsyncClient, *, stock: int, limit: int, starts_in: float = 1.0
+) -> dict[str, Any]:
     _, creator = await make_creator(client)
-    drop = await make_drop(client, creator, starts_in=starts_in, lasts=3600, stock=stock,
-                           per_user_limit=limit)
+    drop = await make_drop(
+        client, creator, starts_in=starts_in, lasts=3600, stock=stock, per_user_limit=limit
+    )
     delay = drop_starts(drop) - time.time()
     if delay > 0:
         await asyncio.sleep(delay + 0.05)
@@ -68,9 +71,16 @@ def drop_starts(drop: dict[str, Any]) -> float:
     return datetime.fromisoformat(drop["starts_at"]).timestamp()
 
 
-async def rush(client: httpx.AsyncClient, drop_id: str, tokens: dict[str, str], *,
-               keys_per_buyer: int = 3, clicks_per_key: int = 2, seed: int = 7,
-               server_may_die: bool = False) -> RushResult:
+async def rush(
+    client: httpx.AsyncClient,
+    drop_id: str,
+    tokens: dict[str, str],
+    *,
+    keys_per_buyer: int = 3,
+    clicks_per_key: int = 2,
+    seed: int = 7,
+    server_may_die: bool = False,
+) -> RushResult:
     """Every buyer tries `keys_per_buyer` purchases, each clicked `clicks_per_key` times, all
     launched at once (shuffled) over `CONNECTIONS` connections; a timeout or an "in flight"
     answer is retried with the same key, as a client should.
@@ -81,7 +91,8 @@ async def rush(client: httpx.AsyncClient, drop_id: str, tokens: dict[str, str], 
     rng = random.Random(seed)
     attempts = [
         (user, token, str(uuid.UUID(int=rng.getrandbits(128))))
-        for user, token in tokens.items() for _ in range(keys_per_buyer)
+        for user, token in tokens.items()
+        for _ in range(keys_per_buyer)
     ]
     clicks = [attempt for attempt in attempts for _ in range(clicks_per_key)]
     rng.shuffle(clicks)
@@ -92,7 +103,8 @@ async def rush(client: httpx.AsyncClient, drop_id: str, tokens: dict[str, str], 
         for _ in range(200):
             try:
                 async with session.post(
-                    path, json={"quantity": 1},
+                    path,
+                    json={"quantity": 1},
                     headers={**bearer(token), "Idempotency-Key": key},
                 ) as response:
                     status, body = response.status, await response.json(content_type=None)
@@ -115,19 +127,22 @@ async def rush(client: httpx.AsyncClient, drop_id: str, tokens: dict[str, str], 
 
     connector = aiohttp.TCPConnector(limit=CONNECTIONS)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(str(client.base_url), connector=connector,
-                                     timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        str(client.base_url), connector=connector, timeout=timeout
+    ) as session:
         await asyncio.gather(*(click(session, *attempt) for attempt in clicks))
     return result
 
 
-async def settled_audit(client: httpx.AsyncClient, settings: Settings, drop_id: str,
-                        within: float = 30.0) -> dict[str, Any]:
+async def settled_audit(
+    client: httpx.AsyncClient, settings: Settings, drop_id: str, within: float = 30.0
+) -> dict[str, Any]:
     """The drop's audit once no reservation is pending any more."""
     deadline = time.monotonic() + within
     while True:
-        audit = await client.get(f"/v1/admin/drops/{drop_id}/audit",
-                                 headers=bearer(admin_token(settings)))
+        audit = await client.get(
+            f"/v1/admin/drops/{drop_id}/audit", headers=bearer(admin_token(settings))
+        )
         assert audit.status_code == 200, audit.text
         report: dict[str, Any] = audit.json()
         if report["reserved"] == 0 and report["pending_orders_sql"] == 0:

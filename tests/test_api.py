@@ -120,8 +120,12 @@ async def test_a_creator_changes_only_their_own_drops(client: AsyncTestClient[An
     assert_problem(product, 403, "not_your_product")
     steal = await client.post(
         "/v1/drops",
-        json={"product_id": drop["product_id"], "stock": 5, "price_cents": 100,
-              "starts_at": drop["starts_at"]},
+        json={
+            "product_id": drop["product_id"],
+            "stock": 5,
+            "price_cents": 100,
+            "starts_at": drop["starts_at"],
+        },
         headers=bearer(other),
     )
     assert_problem(steal, 403, "not_your_product")
@@ -158,17 +162,62 @@ async def test_bad_input_gets_a_problem_not_a_500(client: AsyncTestClient[Any]) 
         ("POST", "/v1/products", b"[]", 400, "invalid_request"),
         ("POST", "/v1/products", {"name": "x" * 10_000}, 400, "invalid_request"),
         ("POST", "/v1/products", b'{"name": "' + b"x" * 70_000 + b'"}', 413, "body_too_large"),
-        ("POST", "/v1/drops", {"product_id": product_id, "stock": 0, "price_cents": 1,
-                               "starts_at": drop["starts_at"]}, 400, "invalid_request"),
-        ("POST", "/v1/drops", {"product_id": product_id, "stock": 1, "price_cents": 1,
-                               "starts_at": "2030-01-01T10:00:00"}, 400, "invalid_request"),
-        ("POST", "/v1/drops", {"product_id": product_id, "stock": 1, "price_cents": 1,
-                               "starts_at": "tomorrow"}, 400, "invalid_request"),
-        ("POST", "/v1/drops", {"product_id": product_id, "stock": 1, "price_cents": 1,
-                               "starts_at": drop["ends_at"], "ends_at": drop["starts_at"]},
-         400, "invalid_window"),
-        ("POST", "/v1/drops", {"product_id": "prd_missing", "stock": 1, "price_cents": 1,
-                               "starts_at": drop["starts_at"]}, 404, "product_not_found"),
+        (
+            "POST",
+            "/v1/drops",
+            {
+                "product_id": product_id,
+                "stock": 0,
+                "price_cents": 1,
+                "starts_at": drop["starts_at"],
+            },
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/drops",
+            {
+                "product_id": product_id,
+                "stock": 1,
+                "price_cents": 1,
+                "starts_at": "2030-01-01T10:00:00",
+            },
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/drops",
+            {"product_id": product_id, "stock": 1, "price_cents": 1, "starts_at": "tomorrow"},
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/drops",
+            {
+                "product_id": product_id,
+                "stock": 1,
+                "price_cents": 1,
+                "starts_at": drop["ends_at"],
+                "ends_at": drop["starts_at"],
+            },
+            400,
+            "invalid_window",
+        ),
+        (
+            "POST",
+            "/v1/drops",
+            {
+                "product_id": "prd_missing",
+                "stock": 1,
+                "price_cents": 1,
+                "starts_at": drop["starts_at"],
+            },
+            404,
+            "product_not_found",
+        ),
         ("GET", "/v1/drops/drp_missing", None, 404, "drop_not_found"),
         ("GET", "/v1/creators/usr_missing", None, 404, "creator_not_found"),
         ("GET", "/v1/drops?status=exploded", None, 400, "invalid_request"),
@@ -184,8 +233,9 @@ async def test_bad_input_gets_a_problem_not_a_500(client: AsyncTestClient[Any]) 
         assert_problem(response, status, code)
 
 
-async def test_admin_mints_tokens_in_bulk(client: AsyncTestClient[Any], backend_settings: Settings
-                                          ) -> None:
+async def test_admin_mints_tokens_in_bulk(
+    client: AsyncTestClient[Any], backend_settings: Settings
+) -> None:
     admin = TokenIssuer(backend_settings.signing_secret(), 3600).issue("ops", Role.ADMIN)
     user_id, buyer = await sign_up(client)
     minted = await client.post(

@@ -25,7 +25,8 @@ ON_TIME = 0.100  # seconds: the promise is "live within 100 ms of starts_at"
 
 def transitions_of(events: list[Envelope], drop_id: str) -> list[Envelope]:
     return [
-        event for event in events
+        event
+        for event in events
         if event.data.get("drop_id") == drop_id and event.type in {"drop.went_live", "drop.ended"}
     ]
 
@@ -90,7 +91,10 @@ async def test_drop_goes_live_and_ends_on_time_without_a_request(
 async def test_two_servers_on_real_backends_move_each_drop_once(
     real_backend_settings: Settings,
 ) -> None:
-    with ServerProcess(real_backend_settings) as first, ServerProcess(real_backend_settings) as second:
+    with (
+        ServerProcess(real_backend_settings) as first,
+        ServerProcess(real_backend_settings) as second,
+    ):
         async with httpx.AsyncClient(base_url=first.url) as client:
             _, token = await make_creator(client)
             drops = [await make_drop(client, token, starts_in=1.0, lasts=1.0) for _ in range(5)]
@@ -101,5 +105,7 @@ async def test_two_servers_on_real_backends_move_each_drop_once(
     events = await all_events(create_app(real_backend_settings), real_backend_settings)
     assert statuses == {"ended"}
     for drop in drops:
-        assert [e.type for e in transitions_of(events, drop["id"])] == ["drop.went_live",
-                                                                       "drop.ended"]
+        assert [e.type for e in transitions_of(events, drop["id"])] == [
+            "drop.went_live",
+            "drop.ended",
+        ]

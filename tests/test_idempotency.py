@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 import pytest
 
-from dropsim.backends.sharding import shard_of
 from dropsim.backends.memory import open_memory_kv
+from dropsim.backends.sharding import shard_of
 from dropsim.orders.idempotency import KEPT_SECONDS, IdempotencyRecords, record_key
 from dropsim.settings import Settings
 from dropsim.testing import ServerProcess
@@ -40,11 +40,15 @@ async def live_drop(client: httpx.AsyncClient, **terms: Any) -> str:
     return str(drop["id"])
 
 
-def order(client: httpx.AsyncClient, drop_id: str, token: str, key: str | None,
-          body: dict[str, Any] | None = None) -> Any:
+def order(
+    client: httpx.AsyncClient,
+    drop_id: str,
+    token: str,
+    key: str | None,
+    body: dict[str, Any] | None = None,
+) -> Any:
     headers = bearer(token) | ({"Idempotency-Key": key} if key is not None else {})
-    return client.post(f"/v1/drops/{drop_id}/orders", json=body or {"quantity": 1},
-                       headers=headers)
+    return client.post(f"/v1/drops/{drop_id}/orders", json=body or {"quantity": 1}, headers=headers)
 
 
 async def test_missing_key_is_refused_and_nothing_is_stored(client: httpx.AsyncClient) -> None:
@@ -138,8 +142,9 @@ async def test_double_click_storm_makes_one_order(client: httpx.AsyncClient) -> 
     assert len(fresh) == 1
     assert {r.json()["id"] for r in created} == {fresh[0].json()["id"]}
     assert all(r.status_code in (201, 409) for r in responses)
-    assert all(r.json()["code"] == "idempotency_key_in_flight"
-               for r in responses if r.status_code == 409)
+    assert all(
+        r.json()["code"] == "idempotency_key_in_flight" for r in responses if r.status_code == 409
+    )
     orders = (await client.get("/v1/me/orders", headers=bearer(token))).json()["items"]
     assert len(orders) == 1
 

@@ -9,7 +9,8 @@ import os
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -60,16 +61,26 @@ def machine_for(kv_url: str) -> type[RuleBasedStateMachine]:
         @initialize(stock=st.integers(1, 12), limit=st.integers(1, 4))
         def prepare(self, stock: int, limit: int) -> None:
             self.stock, self.limit = stock, limit
-            self.run(self.inventory.prepare(DROP, stock=stock, limit=limit, starts_ms=START_MS,
-                                            ends_ms=START_MS + 10**9))
+            self.run(
+                self.inventory.prepare(
+                    DROP, stock=stock, limit=limit, starts_ms=START_MS, ends_ms=START_MS + 10**9
+                )
+            )
 
         def _reserve(self, user: str, quantity: int) -> Any:
             self.counter += 1
             order_id = f"ord_{self.counter}"
             return order_id, self.inventory.reserve(
-                idempotency_key=f"idem:{user}:{order_id}", fingerprint="fp", drop_id=DROP,
-                order_id=order_id, user_id=user, quantity=quantity, now_ms=self.now,
-                hold_ms=HOLD_MS, running_ttl_s=60, done_ttl_s=3600,
+                idempotency_key=f"idem:{user}:{order_id}",
+                fingerprint="fp",
+                drop_id=DROP,
+                order_id=order_id,
+                user_id=user,
+                quantity=quantity,
+                now_ms=self.now,
+                hold_ms=HOLD_MS,
+                running_ttl_s=60,
+                done_ttl_s=3600,
             )
 
         def _apply(self, order_id: str, user: str, quantity: int, outcome: Any) -> str | None:
@@ -88,7 +99,8 @@ def machine_for(kv_url: str) -> type[RuleBasedStateMachine]:
                 assert held + quantity > self.limit
             else:
                 assert outcome.rejection.value == "sold_out"
-                assert held + quantity <= self.limit and quantity > available
+                assert held + quantity <= self.limit
+                assert quantity > available
             return None
 
         @rule(target=reservations, user=st.sampled_from(USERS), quantity=st.integers(1, 3))
@@ -97,8 +109,11 @@ def machine_for(kv_url: str) -> type[RuleBasedStateMachine]:
             made = self._apply(order_id, user, quantity, self.run(call))
             return made if made is not None else consumes_nothing()
 
-        @rule(burst=st.lists(st.tuples(st.sampled_from(USERS), st.integers(1, 2)),
-                             min_size=2, max_size=12))
+        @rule(
+            burst=st.lists(
+                st.tuples(st.sampled_from(USERS), st.integers(1, 2)), min_size=2, max_size=12
+            )
+        )
         def concurrent_reserves(self, burst: list[tuple[str, int]]) -> None:
             """Many reserves in flight at once: the scripts must serialise them."""
             calls = [self._reserve(user, quantity) for user, quantity in burst]
@@ -108,13 +123,13 @@ def machine_for(kv_url: str) -> type[RuleBasedStateMachine]:
 
             results = self.run(together())
             reserved_units = sum(
-                quantity for (user, quantity), outcome in zip(burst, results, strict=True)
+                quantity
+                for (user, quantity), outcome in zip(burst, results, strict=True)
                 if outcome.outcome is Reserved.RESERVED
             )
             before = self.stock - self.sold - sum(q for _, q, _ in self.live.values())
             assert reserved_units <= before
-            for (order_id, _), (user, quantity), outcome in zip(calls, burst, results,
-                                                                 strict=True):
+            for (order_id, _), (user, quantity), outcome in zip(calls, burst, results, strict=True):
                 if outcome.outcome is Reserved.RESERVED:
                     self.held[user] = self.held.get(user, 0) + quantity
                     self.live[order_id] = (user, quantity, self.now + HOLD_MS)
@@ -139,8 +154,9 @@ def machine_for(kv_url: str) -> type[RuleBasedStateMachine]:
             if not order_id:
                 return
             user = self.live.get(order_id, ("x", 0, 0))[0]
-            outcomes = [self.run(self.inventory.release(DROP, order_id, user))[0]
-                        for _ in range(repeats)]
+            outcomes = [
+                self.run(self.inventory.release(DROP, order_id, user))[0] for _ in range(repeats)
+            ]
             if order_id in self.live:
                 _, quantity, _ = self.live.pop(order_id)
                 self.held[user] -= quantity

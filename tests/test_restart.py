@@ -23,17 +23,23 @@ def ledger(settings: Settings, drop_id: str) -> dict[str, str]:
     for shard in range(settings.shards):
         path = Path(settings.db_url.removeprefix("sqlite:///").replace("{shard}", str(shard)))
         with sqlite3.connect(path) as connection:
-            statuses.update(connection.execute(
-                "SELECT id, status FROM orders WHERE drop_id = ?", (drop_id,)
-            ).fetchall())
+            statuses.update(
+                connection.execute(
+                    "SELECT id, status FROM orders WHERE drop_id = ?", (drop_id,)
+                ).fetchall()
+            )
     return statuses
 
 
 @pytest.mark.slow
 async def test_killed_mid_rush_comes_back_consistent(tmp_path: Path) -> None:
     settings = embedded_settings(
-        tmp_path, provider_latency_median_ms=10, provider_latency_p99_ms=100,
-        provider_failure_rate=0.1, payment_timeout_seconds=8, reservation_hold_seconds=10,
+        tmp_path,
+        provider_latency_median_ms=10,
+        provider_latency_p99_ms=100,
+        provider_failure_rate=0.1,
+        payment_timeout_seconds=8,
+        reservation_hold_seconds=10,
     )
     first = ServerProcess(settings).start()
     try:
@@ -42,7 +48,10 @@ async def test_killed_mid_rush_comes_back_consistent(tmp_path: Path) -> None:
             crowd = await buyer_tokens(client, first.settings, 1_000)
             drop = await open_drop(client, stock=STOCK, limit=2)
             await rush(client, drop["id"], early, keys_per_buyer=1)
-            while not any(status == "confirmed" for status in ledger(settings, drop["id"]).values()):
+            # the ledger is a file another process writes: nothing to await but its contents
+            while not any(  # noqa: ASYNC110
+                status == "confirmed" for status in ledger(settings, drop["id"]).values()
+            ):
                 await asyncio.sleep(0.05)
             rushing = asyncio.create_task(
                 rush(client, drop["id"], crowd, keys_per_buyer=2, server_may_die=True)
@@ -71,10 +80,12 @@ async def test_killed_mid_rush_comes_back_consistent(tmp_path: Path) -> None:
             for wave in range(1, 9):
                 if audit["sold"] == STOCK:
                     break
-                latecomers = await buyer_tokens(client, second.settings, 150,
-                                                prefix=f"usr_after{wave}_")
-                await rush(client, drop["id"], latecomers, keys_per_buyer=1, clicks_per_key=1,
-                           seed=wave)
+                latecomers = await buyer_tokens(
+                    client, second.settings, 150, prefix=f"usr_after{wave}_"
+                )
+                await rush(
+                    client, drop["id"], latecomers, keys_per_buyer=1, clicks_per_key=1, seed=wave
+                )
                 audit = await settled_audit(client, second.settings, drop["id"])
                 assert audit["ok"], audit
     assert audit["sold"] == STOCK

@@ -52,25 +52,35 @@ class MintedTokens(msgspec.Struct):
 
 @post("/auth/signup", status_code=201)
 async def sign_up(
-    data: JSONBody[SignUp], account_service: NamedDependency[AccountService], token_issuer: NamedDependency[TokenIssuer]
+    data: JSONBody[SignUp],
+    account_service: NamedDependency[AccountService],
+    token_issuer: NamedDependency[TokenIssuer],
 ) -> Session:
     user = await account_service.sign_up(data.email, data.password, data.handle)
     return Session(user=user, access_token=token_issuer.issue(user.id, user.role))
 
 
 @post("/auth/login", status_code=200)
-async def log_in(data: JSONBody[LogIn], account_service: NamedDependency[AccountService], token_issuer: NamedDependency[TokenIssuer]) -> Session:
+async def log_in(
+    data: JSONBody[LogIn],
+    account_service: NamedDependency[AccountService],
+    token_issuer: NamedDependency[TokenIssuer],
+) -> Session:
     user = await account_service.log_in(data.email, data.password)
     return Session(user=user, access_token=token_issuer.issue(user.id, user.role))
 
 
 @get("/me")
-async def me(request: Request[Principal, Token, State], account_service: NamedDependency[AccountService]) -> User:
+async def me(
+    request: Request[Principal, Token, State], account_service: NamedDependency[AccountService]
+) -> User:
     return await account_service.user(request.user.user_id)
 
 
 @post("/admin/tokens", guards=[requires(Role.ADMIN)], status_code=200)
-async def mint_tokens(data: JSONBody[MintTokens], token_issuer: NamedDependency[TokenIssuer]) -> MintedTokens:
+async def mint_tokens(
+    data: JSONBody[MintTokens], token_issuer: NamedDependency[TokenIssuer]
+) -> MintedTokens:
     """Tokens for many users at once (simulations sign in a crowd without passwords)."""
     return MintedTokens(
         tokens={

@@ -28,8 +28,9 @@ class AccountService:
     async def sign_up(self, email: str, password: str, handle: str) -> User:
         """Create a buyer; raises Conflict if the e-mail is registered already."""
         email = email.strip().lower()
-        user = User(id=new_id("usr"), handle=handle, role=Role.BUYER, created_at=time.time(),
-                    email=email)
+        user = User(
+            id=new_id("usr"), handle=handle, role=Role.BUYER, created_at=time.time(), email=email
+        )
         password_hash = await asyncio.to_thread(self._hasher.hash, password)
         if not await self._store.claim_email(email, user.id, password_hash):
             raise Conflict(f"{email} is already registered", code="email_taken")

@@ -19,7 +19,9 @@ def open_memory_kv() -> KeyValueStore:
     # a blocking pool: a burst of requests waits for a connection instead of failing with
     # "Too many connections" (redis-py's default pool raises at 100)
     client = fakeredis.FakeAsyncRedis(
-        server=fakeredis.FakeServer(), decode_responses=True,
-        connection_pool_class=BlockingConnectionPool, max_connections=1024,
+        server=fakeredis.FakeServer(),
+        decode_responses=True,
+        connection_pool_class=BlockingConnectionPool,
+        max_connections=1024,
     )
     return cast(KeyValueStore, client)

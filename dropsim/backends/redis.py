@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import redis.asyncio as redis_asyncio
 from redis.exceptions import RedisError
 
@@ -18,8 +16,12 @@ async def open_redis_kv(url: str, *, max_connections: int = 64) -> KeyValueStore
     (up to 10 s) rather than fail, as redis-py's default pool does past 100.
     """
     pool = redis_asyncio.BlockingConnectionPool.from_url(
-        url, decode_responses=True, health_check_interval=30, socket_connect_timeout=3,
-        max_connections=max_connections, timeout=10,
+        url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=3,
+        max_connections=max_connections,
+        timeout=10,
     )
     client = redis_asyncio.Redis(connection_pool=pool)
     try:
@@ -27,4 +29,4 @@ async def open_redis_kv(url: str, *, max_connections: int = 64) -> KeyValueStore
     except (RedisError, OSError) as exc:
         await client.aclose()
         raise BackendUnavailable(f"cannot reach Redis at {url}: {exc}") from None
-    return cast(KeyValueStore, client)
+    return client

@@ -139,7 +139,9 @@ class SQLiteDatabase:
                     "CREATE TABLE IF NOT EXISTS schema_migrations "
                     "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
                 )
-                applied = {row[0] for row in await tx.fetch_all("SELECT name FROM schema_migrations")}
+                applied = {
+                    row[0] for row in await tx.fetch_all("SELECT name FROM schema_migrations")
+                }
                 for migration in migrations:
                     if migration.name in applied:
                         continue

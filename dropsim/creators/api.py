@@ -76,7 +76,9 @@ class DropChanges(msgspec.Struct, forbid_unknown_fields=True):
 
 @post("/creators", status_code=201)
 async def become_creator(
-    data: JSONBody[BecomeCreator], request: AuthedRequest, creator_service: NamedDependency[CreatorService],
+    data: JSONBody[BecomeCreator],
+    request: AuthedRequest,
+    creator_service: NamedDependency[CreatorService],
     token_issuer: NamedDependency[TokenIssuer],
 ) -> CreatorSession:
     creator = await creator_service.become_creator(
@@ -88,25 +90,33 @@ async def become_creator(
 
 @get("/creators", exclude_from_auth=True)
 async def list_creators(
-    creator_service: NamedDependency[CreatorService], cursor: FromQuery[str | None] = None, limit: PageSize = 50
+    creator_service: NamedDependency[CreatorService],
+    cursor: FromQuery[str | None] = None,
+    limit: PageSize = 50,
 ) -> Page[Creator]:
     found = await creator_service.creators(decode_cursor(cursor), limit + 1)
     return page_of(found, limit, key=lambda creator: creator.id)
 
 
 @get("/creators/{creator_id:str}", exclude_from_auth=True)
-async def get_creator(creator_id: FromPath[str], creator_service: NamedDependency[CreatorService]) -> Creator:
+async def get_creator(
+    creator_id: FromPath[str], creator_service: NamedDependency[CreatorService]
+) -> Creator:
     return await creator_service.creator(creator_id)
 
 
 @get("/creators/by-handle/{handle:str}", exclude_from_auth=True)
-async def get_creator_by_handle(handle: FromPath[str], creator_service: NamedDependency[CreatorService]) -> Creator:
+async def get_creator_by_handle(
+    handle: FromPath[str], creator_service: NamedDependency[CreatorService]
+) -> Creator:
     return await creator_service.creator_by_handle(handle)
 
 
 @get("/creators/{creator_id:str}/products", exclude_from_auth=True)
 async def list_products(
-    creator_id: FromPath[str], creator_service: NamedDependency[CreatorService], cursor: FromQuery[str | None] = None,
+    creator_id: FromPath[str],
+    creator_service: NamedDependency[CreatorService],
+    cursor: FromQuery[str | None] = None,
     limit: PageSize = 50,
 ) -> Page[Product]:
     found = await creator_service.products(creator_id, decode_cursor(cursor), limit + 1)
@@ -115,7 +125,9 @@ async def list_products(
 
 @post("/products", status_code=201, guards=[requires(Role.CREATOR)])
 async def create_product(
-    data: JSONBody[NewProduct], request: AuthedRequest, creator_service: NamedDependency[CreatorService]
+    data: JSONBody[NewProduct],
+    request: AuthedRequest,
+    creator_service: NamedDependency[CreatorService],
 ) -> Product:
     return await creator_service.create_product(
         request.user, data.name, data.description, data.image_url
@@ -123,13 +135,17 @@ async def create_product(
 
 
 @get("/products/{product_id:str}", exclude_from_auth=True)
-async def get_product(product_id: FromPath[str], creator_service: NamedDependency[CreatorService]) -> Product:
+async def get_product(
+    product_id: FromPath[str], creator_service: NamedDependency[CreatorService]
+) -> Product:
     return await creator_service.product(product_id)
 
 
 @patch("/products/{product_id:str}", guards=[requires(Role.CREATOR)])
 async def update_product(
-    product_id: FromPath[str], data: JSONBody[ProductChanges], request: AuthedRequest,
+    product_id: FromPath[str],
+    data: JSONBody[ProductChanges],
+    request: AuthedRequest,
     creator_service: NamedDependency[CreatorService],
 ) -> Product:
     return await creator_service.update_product(
@@ -139,19 +155,28 @@ async def update_product(
 
 @post("/drops", status_code=201, guards=[requires(Role.CREATOR)])
 async def schedule_drop(
-    data: JSONBody[NewDrop], request: AuthedRequest, creator_service: NamedDependency[CreatorService]
+    data: JSONBody[NewDrop],
+    request: AuthedRequest,
+    creator_service: NamedDependency[CreatorService],
 ) -> Drop:
     return await creator_service.schedule_drop(
-        request.user, data.product_id, stock=data.stock, price_cents=data.price_cents,
-        per_user_limit=data.per_user_limit, starts_at=data.starts_at,
+        request.user,
+        data.product_id,
+        stock=data.stock,
+        price_cents=data.price_cents,
+        per_user_limit=data.per_user_limit,
+        starts_at=data.starts_at,
         ends_at=data.ends_at or data.starts_at + timedelta(hours=1),
     )
 
 
 @get("/drops", exclude_from_auth=True)
 async def list_drops(
-    creator_service: NamedDependency[CreatorService], status: FromQuery[DropStatus | None] = None,
-    creator_id: FromQuery[str | None] = None, cursor: FromQuery[str | None] = None, limit: PageSize = 50,
+    creator_service: NamedDependency[CreatorService],
+    status: FromQuery[DropStatus | None] = None,
+    creator_id: FromQuery[str | None] = None,
+    cursor: FromQuery[str | None] = None,
+    limit: PageSize = 50,
 ) -> Page[Drop]:
     found = await creator_service.drops(
         after=decode_cursor(cursor), limit=limit + 1, status=status, creator_id=creator_id
@@ -160,17 +185,27 @@ async def list_drops(
 
 
 @get("/drops/{drop_id:str}", exclude_from_auth=True)
-async def get_drop(drop_id: FromPath[str], creator_service: NamedDependency[CreatorService]) -> Drop:
+async def get_drop(
+    drop_id: FromPath[str], creator_service: NamedDependency[CreatorService]
+) -> Drop:
     return await creator_service.drop(drop_id)
 
 
 @patch("/drops/{drop_id:str}", guards=[requires(Role.CREATOR)])
 async def reschedule_drop(
-    drop_id: FromPath[str], data: JSONBody[DropChanges], request: AuthedRequest, creator_service: NamedDependency[CreatorService]
+    drop_id: FromPath[str],
+    data: JSONBody[DropChanges],
+    request: AuthedRequest,
+    creator_service: NamedDependency[CreatorService],
 ) -> Drop:
     return await creator_service.reschedule_drop(
-        request.user, drop_id, stock=data.stock, price_cents=data.price_cents,
-        per_user_limit=data.per_user_limit, starts_at=data.starts_at, ends_at=data.ends_at,
+        request.user,
+        drop_id,
+        stock=data.stock,
+        price_cents=data.price_cents,
+        per_user_limit=data.per_user_limit,
+        starts_at=data.starts_at,
+        ends_at=data.ends_at,
     )
 
 
@@ -185,9 +220,19 @@ def creators_router(dependencies: dict[str, Provide] | Any = None) -> Router:
     return Router(
         path="/v1",
         route_handlers=[
-            become_creator, list_creators, get_creator, get_creator_by_handle, list_products,
-            create_product, get_product, update_product, schedule_drop, list_drops, get_drop,
-            reschedule_drop, cancel_drop,
+            become_creator,
+            list_creators,
+            get_creator,
+            get_creator_by_handle,
+            list_products,
+            create_product,
+            get_product,
+            update_product,
+            schedule_drop,
+            list_drops,
+            get_drop,
+            reschedule_drop,
+            cancel_drop,
         ],
         dependencies=dependencies,
         tags=["creators"],

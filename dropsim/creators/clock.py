@@ -13,7 +13,7 @@ logger = logging.getLogger("dropsim.clock")
 
 
 class DropClock:
-    """Sleeps until the next due transition (or `poll_seconds`, to notice other processes' drops)."""
+    """Sleeps until the next due transition, or `poll_seconds` to see other processes' drops."""
 
     def __init__(self, service: CreatorService, *, poll_seconds: float = 0.5) -> None:
         self._service = service

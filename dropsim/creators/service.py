@@ -16,9 +16,9 @@ from dropsim.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from dropsim.eventlog import EventLog
 from dropsim.events import (
     CreatorRegistered,
+    DropBackOnSale,
     DropCancelled,
     DropEnded,
-    DropBackOnSale,
     DropScheduled,
     DropSoldOut,
     DropWentLive,
@@ -121,8 +121,12 @@ class CreatorService:
         await self.creator(principal.user_id)  # only creators have products
         now = self._clock()
         product = Product(
-            id=new_id("prd"), creator_id=principal.user_id, name=name, description=description,
-            image_url=image_url, created_at=to_datetime(now),
+            id=new_id("prd"),
+            creator_id=principal.user_id,
+            name=name,
+            description=description,
+            image_url=image_url,
+            created_at=to_datetime(now),
         )
         await self._store.insert_product(product, now)
         await self._publish(ProductCreated(product_id=product.id, creator_id=product.creator_id))
@@ -140,7 +144,11 @@ class CreatorService:
         return await self._store.products(creator_id, after, limit)
 
     async def update_product(
-        self, principal: Principal, product_id: str, name: str | None, description: str | None,
+        self,
+        principal: Principal,
+        product_id: str,
+        name: str | None,
+        description: str | None,
         image_url: str | None,
     ) -> Product:
         product = await self._owned_product(principal, product_id)
@@ -155,24 +163,43 @@ class CreatorService:
 
     # drops
     async def schedule_drop(
-        self, principal: Principal, product_id: str, *, stock: int, price_cents: int,
-        per_user_limit: int, starts_at: datetime, ends_at: datetime,
+        self,
+        principal: Principal,
+        product_id: str,
+        *,
+        stock: int,
+        price_cents: int,
+        per_user_limit: int,
+        starts_at: datetime,
+        ends_at: datetime,
     ) -> Drop:
         product = await self._owned_product(principal, product_id)
         _check_window(starts_at, ends_at, self._clock())
         now = to_datetime(self._clock())
         drop = Drop(
-            id=new_id("drp"), creator_id=product.creator_id, product_id=product.id, stock=stock,
-            price_cents=price_cents, per_user_limit=per_user_limit, starts_at=starts_at,
-            ends_at=ends_at, status=DropStatus.SCHEDULED, created_at=now, updated_at=now,
+            id=new_id("drp"),
+            creator_id=product.creator_id,
+            product_id=product.id,
+            stock=stock,
+            price_cents=price_cents,
+            per_user_limit=per_user_limit,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            status=DropStatus.SCHEDULED,
+            created_at=now,
+            updated_at=now,
         )
         await self._store.insert_drop(drop)
         for listener in self._listeners:
             await listener.drop_scheduled(drop)
-        await self._publish(DropScheduled(
-            drop_id=drop.id, creator_id=drop.creator_id, starts_at=starts_at.timestamp(),
-            ends_at=ends_at.timestamp(),
-        ))
+        await self._publish(
+            DropScheduled(
+                drop_id=drop.id,
+                creator_id=drop.creator_id,
+                starts_at=starts_at.timestamp(),
+                ends_at=ends_at.timestamp(),
+            )
+        )
         self._schedule_changed()
         return drop
 
@@ -192,35 +219,53 @@ class CreatorService:
         return found
 
     async def drops(
-        self, *, after: str, limit: int, status: DropStatus | None = None,
+        self,
+        *,
+        after: str,
+        limit: int,
+        status: DropStatus | None = None,
         creator_id: str | None = None,
     ) -> list[Drop]:
-        return await self._store.drops(after=after, limit=limit, status=status,
-                                       creator_id=creator_id)
+        return await self._store.drops(
+            after=after, limit=limit, status=status, creator_id=creator_id
+        )
 
     async def reschedule_drop(
-        self, principal: Principal, drop_id: str, *, stock: int | None = None,
-        price_cents: int | None = None, per_user_limit: int | None = None,
-        starts_at: datetime | None = None, ends_at: datetime | None = None,
+        self,
+        principal: Principal,
+        drop_id: str,
+        *,
+        stock: int | None = None,
+        price_cents: int | None = None,
+        per_user_limit: int | None = None,
+        starts_at: datetime | None = None,
+        ends_at: datetime | None = None,
     ) -> Drop:
         """Change a scheduled drop's terms; Conflict once it has gone live."""
         drop = await self._owned_drop(principal, drop_id)
         if drop.status is not DropStatus.SCHEDULED:
-            raise Conflict(f"drop is {drop.status.value}; only scheduled drops change",
-                           code="drop_not_scheduled")
+            raise Conflict(
+                f"drop is {drop.status.value}; only scheduled drops change",
+                code="drop_not_scheduled",
+            )
         changed = Drop(
-            id=drop.id, creator_id=drop.creator_id, product_id=drop.product_id,
+            id=drop.id,
+            creator_id=drop.creator_id,
+            product_id=drop.product_id,
             stock=drop.stock if stock is None else stock,
             price_cents=drop.price_cents if price_cents is None else price_cents,
             per_user_limit=drop.per_user_limit if per_user_limit is None else per_user_limit,
             starts_at=drop.starts_at if starts_at is None else starts_at,
             ends_at=drop.ends_at if ends_at is None else ends_at,
-            status=drop.status, created_at=drop.created_at, updated_at=drop.updated_at,
+            status=drop.status,
+            created_at=drop.created_at,
+            updated_at=drop.updated_at,
         )
         _check_window(changed.starts_at, changed.ends_at, self._clock())
         if not await self._store.update_scheduled_drop(changed, self._clock()):
-            raise Conflict("drop went live meanwhile; it can no longer change",
-                           code="drop_not_scheduled")
+            raise Conflict(
+                "drop went live meanwhile; it can no longer change", code="drop_not_scheduled"
+            )
         await self._cache.invalidate(drop_key(drop_id))
         self._schedule_changed()
         updated = await self.fresh_drop(drop_id)
@@ -231,11 +276,14 @@ class CreatorService:
     async def cancel_drop(self, principal: Principal, drop_id: str) -> Drop:
         drop = await self._owned_drop(principal, drop_id)
         if not can_move(drop.status, DropStatus.CANCELLED) or not await self._store.move_drop(
-            drop_id, [DropStatus.SCHEDULED, DropStatus.LIVE, DropStatus.SOLD_OUT],
-            DropStatus.CANCELLED, self._clock(),
+            drop_id,
+            [DropStatus.SCHEDULED, DropStatus.LIVE, DropStatus.SOLD_OUT],
+            DropStatus.CANCELLED,
+            self._clock(),
         ):
-            raise Conflict(f"drop is {drop.status.value}; it can no longer be cancelled",
-                           code="drop_closed")
+            raise Conflict(
+                f"drop is {drop.status.value}; it can no longer be cancelled", code="drop_closed"
+            )
         await self._cache.invalidate(drop_key(drop_id))
         cancelled = await self.fresh_drop(drop_id)
         for listener in self._listeners:
@@ -261,18 +309,26 @@ class CreatorService:
             await self._cache.invalidate(drop_key(drop.id))
             made.append((drop.id, target))
             if target is DropStatus.LIVE:
-                await self._publish(DropWentLive(
-                    drop_id=drop.id, creator_id=drop.creator_id, product_id=drop.product_id,
-                    stock=drop.stock, price_cents=drop.price_cents, starts_at=start, ends_at=end,
-                ))
+                await self._publish(
+                    DropWentLive(
+                        drop_id=drop.id,
+                        creator_id=drop.creator_id,
+                        product_id=drop.product_id,
+                        stock=drop.stock,
+                        price_cents=drop.price_cents,
+                        starts_at=start,
+                        ends_at=end,
+                    )
+                )
             else:
                 await self._publish(DropEnded(drop_id=drop.id, creator_id=drop.creator_id))
         return made
 
     async def mark_sold_out(self, drop_id: str) -> bool:
         """The last unit is reserved: show the drop as sold out (once, whoever asks)."""
-        moved = await self._store.move_drop(drop_id, [DropStatus.LIVE], DropStatus.SOLD_OUT,
-                                            self._clock())
+        moved = await self._store.move_drop(
+            drop_id, [DropStatus.LIVE], DropStatus.SOLD_OUT, self._clock()
+        )
         if moved:
             await self._cache.invalidate(drop_key(drop_id))
             drop = await self.fresh_drop(drop_id)

@@ -15,7 +15,8 @@ MIGRATIONS = (
     Migration(
         "creators-001",
         (
-            "CREATE TABLE IF NOT EXISTS creators (id TEXT PRIMARY KEY, handle TEXT NOT NULL UNIQUE, "
+            "CREATE TABLE IF NOT EXISTS creators (id TEXT PRIMARY KEY, "
+            "handle TEXT NOT NULL UNIQUE, "
             "display_name TEXT NOT NULL, bio TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL)",
             "CREATE TABLE IF NOT EXISTS products (id TEXT PRIMARY KEY, creator_id TEXT NOT NULL, "
             "name TEXT NOT NULL, description TEXT NOT NULL, image_url TEXT, "
@@ -40,20 +41,34 @@ _DROP_COLUMNS = (
 
 
 def _creator(row: Row) -> Creator:
-    return Creator(id=row[0], handle=row[1], display_name=row[2], bio=row[3],
-                   created_at=to_datetime(row[4]))
+    return Creator(
+        id=row[0], handle=row[1], display_name=row[2], bio=row[3], created_at=to_datetime(row[4])
+    )
 
 
 def _product(row: Row) -> Product:
-    return Product(id=row[0], creator_id=row[1], name=row[2], description=row[3],
-                   image_url=row[4], created_at=to_datetime(row[5]))
+    return Product(
+        id=row[0],
+        creator_id=row[1],
+        name=row[2],
+        description=row[3],
+        image_url=row[4],
+        created_at=to_datetime(row[5]),
+    )
 
 
 def _drop(row: Row) -> Drop:
     return Drop(
-        id=row[0], creator_id=row[1], product_id=row[2], stock=int(row[3]),
-        price_cents=int(row[4]), per_user_limit=int(row[5]), starts_at=to_datetime(row[6]),
-        ends_at=to_datetime(row[7]), status=DropStatus(row[8]), created_at=to_datetime(row[9]),
+        id=row[0],
+        creator_id=row[1],
+        product_id=row[2],
+        stock=int(row[3]),
+        price_cents=int(row[4]),
+        per_user_limit=int(row[5]),
+        starts_at=to_datetime(row[6]),
+        ends_at=to_datetime(row[7]),
+        status=DropStatus(row[8]),
+        created_at=to_datetime(row[9]),
         updated_at=to_datetime(row[10]),
     )
 
@@ -101,8 +116,14 @@ class CatalogStore:
         await self._q.execute(
             "INSERT INTO products (id, creator_id, name, description, image_url, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (product.id, product.creator_id, product.name, product.description,
-             product.image_url, now),
+            (
+                product.id,
+                product.creator_id,
+                product.name,
+                product.description,
+                product.image_url,
+                now,
+            ),
         )
 
     async def product(self, product_id: str) -> Product | None:
@@ -133,9 +154,19 @@ class CatalogStore:
     async def insert_drop(self, drop: Drop) -> None:
         await self._q.execute(
             f"INSERT INTO drops ({_DROP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (drop.id, drop.creator_id, drop.product_id, drop.stock, drop.price_cents,
-             drop.per_user_limit, drop.starts_at.timestamp(), drop.ends_at.timestamp(),
-             drop.status.value, drop.created_at.timestamp(), drop.updated_at.timestamp()),
+            (
+                drop.id,
+                drop.creator_id,
+                drop.product_id,
+                drop.stock,
+                drop.price_cents,
+                drop.per_user_limit,
+                drop.starts_at.timestamp(),
+                drop.ends_at.timestamp(),
+                drop.status.value,
+                drop.created_at.timestamp(),
+                drop.updated_at.timestamp(),
+            ),
         )
 
     async def drop(self, drop_id: str) -> Drop | None:
@@ -163,8 +194,15 @@ class CatalogStore:
         changed = await self._q.execute(
             "UPDATE drops SET stock = ?, price_cents = ?, per_user_limit = ?, starts_at = ?, "
             "ends_at = ?, updated_at = ? WHERE id = ? AND status = 'scheduled'",
-            (drop.stock, drop.price_cents, drop.per_user_limit, drop.starts_at.timestamp(),
-             drop.ends_at.timestamp(), now, drop.id),
+            (
+                drop.stock,
+                drop.price_cents,
+                drop.per_user_limit,
+                drop.starts_at.timestamp(),
+                drop.ends_at.timestamp(),
+                now,
+                drop.id,
+            ),
         )
         return changed == 1
 

@@ -1,1 +1,2 @@
-"""The gateway: authentication, (later) rate limiting and API composition, in front of every service."""
+"""The gateway in front of every service: authentication, problem responses (and, next, rate
+limiting and API composition)."""

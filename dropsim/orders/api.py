@@ -19,7 +19,7 @@ from dropsim.gateway.tokens import Principal
 from dropsim.orders.audit import Auditor, DropAudit
 from dropsim.orders.idempotency import fingerprint
 from dropsim.orders.models import REJECTION_DETAIL, Order
-from dropsim.orders.reconcile import Reconciler, Rebuilt
+from dropsim.orders.reconcile import Rebuilt, Reconciler
 from dropsim.orders.service import OrderService, PlacedOrder
 from dropsim.pagination import Page, PageSize, decode_cursor, page_of
 
@@ -44,8 +44,9 @@ def _parse(raw: bytes) -> OrderRequest:
     if not raw.strip():
         return OrderRequest()
     if len(raw) > MAX_ORDER_BODY:
-        raise InvalidRequest("an order body is a few bytes: {\"quantity\": 1}",
-                             code="invalid_request")
+        raise InvalidRequest(
+            'an order body is a few bytes: {"quantity": 1}', code="invalid_request"
+        )
     try:
         return _decode_order.decode(raw)
     except msgspec.DecodeError as exc:
@@ -56,24 +57,36 @@ def _parse(raw: bytes) -> OrderRequest:
 def _response(placed: PlacedOrder) -> Response[Any]:
     headers = {REPLAYED: "true"} if placed.replayed else {}
     if placed.rejection is not None:
-        return problem(placed.status, placed.rejection.value, REJECTION_DETAIL[placed.rejection],
-                       headers=headers)
+        return problem(
+            placed.status,
+            placed.rejection.value,
+            REJECTION_DETAIL[placed.rejection],
+            headers=headers,
+        )
     if placed.stored_body is not None:
-        return Response(placed.stored_body.encode(), status_code=placed.status,
-                        media_type="application/json", headers=headers)
+        return Response(
+            placed.stored_body.encode(),
+            status_code=placed.status,
+            media_type="application/json",
+            headers=headers,
+        )
     return Response(placed.order, status_code=placed.status, headers=headers)
 
 
 @post("/drops/{drop_id:str}/orders", status_code=201)
 async def place_order(
-    drop_id: FromPath[str], request: Request[Principal, Token, State],
+    drop_id: FromPath[str],
+    request: Request[Principal, Token, State],
     order_service: NamedDependency[OrderService],
 ) -> Response[Any]:
     """Order units of a drop. Send a fresh `Idempotency-Key` per purchase and repeat it on retry."""
     raw = await request.body()
     body = _parse(raw)
     placed = await order_service.place_order(
-        request.user, drop_id, request.headers.get("idempotency-key"), body.quantity,
+        request.user,
+        drop_id,
+        request.headers.get("idempotency-key"),
+        body.quantity,
         fingerprint("POST", request.url.path, raw),
     )
     return _response(placed)
@@ -81,7 +94,8 @@ async def place_order(
 
 @get("/orders/{order_id:str}")
 async def get_order(
-    order_id: FromPath[str], request: Request[Principal, Token, State],
+    order_id: FromPath[str],
+    request: Request[Principal, Token, State],
     order_service: NamedDependency[OrderService],
 ) -> Order:
     return await order_service.order(request.user, order_id)
@@ -89,8 +103,10 @@ async def get_order(
 
 @get("/me/orders")
 async def my_orders(
-    request: Request[Principal, Token, State], order_service: NamedDependency[OrderService],
-    cursor: FromQuery[str | None] = None, limit: PageSize = 50,
+    request: Request[Principal, Token, State],
+    order_service: NamedDependency[OrderService],
+    cursor: FromQuery[str | None] = None,
+    limit: PageSize = 50,
 ) -> Page[Order]:
     found = await order_service.orders(request.user, decode_cursor(cursor), limit + 1)
     return page_of(found, limit, key=lambda order: order.id)

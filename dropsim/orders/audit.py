@@ -1,10 +1,10 @@
 """The audit: does every invariant of DESIGN.md hold for a drop, right now?
 
-    available + reserved + sold == stock          (Redis counters balance)
-    sold == confirmed units in SQL                (the gate agrees with the ledger)
-    no user holds more than the per-user limit    (in Redis and in SQL)
-    one order per idempotency key                 (SQL)
-    every succeeded payment <-> exactly one confirmed order
+available + reserved + sold == stock          (Redis counters balance)
+sold == confirmed units in SQL                (the gate agrees with the ledger)
+no user holds more than the per-user limit    (in Redis and in SQL)
+one order per idempotency key                 (SQL)
+every succeeded payment <-> exactly one confirmed order
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ class DropAudit(msgspec.Struct):
 
 class Auditor:
     def __init__(
-        self, store: OrderStore, inventory: Inventory, catalog: CreatorService,
+        self,
+        store: OrderStore,
+        inventory: Inventory,
+        catalog: CreatorService,
         payments: PaymentLedger | None = None,
     ) -> None:
         self._store = store
@@ -83,7 +86,8 @@ class Auditor:
             confirmed_ids = {line.order_id for line in confirmed}
             paid_orders = Counter(order_id for _, order_id, _ in paid)
             orphans = sorted(
-                payment_id for payment_id, order_id, _ in paid
+                payment_id
+                for payment_id, order_id, _ in paid
                 if order_id not in confirmed_ids or paid_orders[order_id] > 1
             )
             unpaid = sorted(confirmed_ids - set(paid_orders))
@@ -102,9 +106,19 @@ class Auditor:
             "payments_match_orders": not orphans and (self._payments is None or not unpaid),
         }
         return DropAudit(
-            drop_id=drop_id, stock=stock, available=available, reserved=reserved, sold=sold,
-            confirmed_units_sql=confirmed_units, confirmed_orders_sql=len(confirmed),
-            pending_orders_sql=len(pending), per_user_limit=drop.per_user_limit,
-            users_over_limit=over_limit, duplicate_keys=duplicates, orphan_payments=orphans,
-            unpaid_confirmed_orders=unpaid, checks=checks, ok=all(checks.values()),
+            drop_id=drop_id,
+            stock=stock,
+            available=available,
+            reserved=reserved,
+            sold=sold,
+            confirmed_units_sql=confirmed_units,
+            confirmed_orders_sql=len(confirmed),
+            pending_orders_sql=len(pending),
+            per_user_limit=drop.per_user_limit,
+            users_over_limit=over_limit,
+            duplicate_keys=duplicates,
+            orphan_payments=orphans,
+            unpaid_confirmed_orders=unpaid,
+            checks=checks,
+            ok=all(checks.values()),
         )

@@ -41,8 +41,9 @@ class GroupInserter:
         finally:
             self._flushing.discard(shard)
 
-    async def _write(self, shard: int, batch: list[tuple[Sequence[Any], asyncio.Future[None]]]
-                     ) -> None:
+    async def _write(
+        self, shard: int, batch: list[tuple[Sequence[Any], asyncio.Future[None]]]
+    ) -> None:
         try:
             async with self._db.transaction(shard) as tx:
                 await tx.execute_many(self._statement, [row for row, _ in batch])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import cast
 
 from dropsim.ports import KeyValueStore
 
@@ -46,7 +47,10 @@ class IdempotencyRecords:
         self._kv = kv
 
     async def lookup(self, user_id: str, key: str) -> StoredResponse | None:
-        fields = await self._kv.hmget(record_key(user_id, key), ["fp", "state", "status", "body"])
+        fields = cast(
+            "list[str | None]",
+            await self._kv.hmget(record_key(user_id, key), ["fp", "state", "status", "body"]),
+        )
         if fields[0] is None:
             return None
         status = int(fields[2]) if fields[2] is not None else None

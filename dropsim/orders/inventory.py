@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import WatchError
 
@@ -39,7 +39,8 @@ RESERVE = """
 local idem = KEYS[1]
 local inv, held, res, expiring = KEYS[2], KEYS[3], KEYS[4], KEYS[6]
 local fp, order_id, user, qty = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local now, hold, running_ttl, drop = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local now, hold = tonumber(ARGV[5]), tonumber(ARGV[6])
+local running_ttl, drop = tonumber(ARGV[7]), ARGV[8]
 
 local seen = redis.call('HMGET', idem, 'fp', 'state', 'status', 'body')
 if seen[1] then
@@ -124,7 +125,8 @@ if redis.call('EXISTS', inv) == 0 then
   return 1
 end
 redis.call('HSET', inv, 'limit', ARGV[2], 'starts_ms', ARGV[3], 'ends_ms', ARGV[4])
-local taken = tonumber(redis.call('HGET', inv, 'reserved')) + tonumber(redis.call('HGET', inv, 'sold'))
+local counts = redis.call('HMGET', inv, 'reserved', 'sold')
+local taken = tonumber(counts[1]) + tonumber(counts[2])
 if taken == 0 then
   redis.call('HSET', inv, 'stock', ARGV[1], 'available', ARGV[1])
 end
@@ -195,15 +197,33 @@ class Inventory:
         await self._kv.hset(drop_keys(drop_id)[0], "closed", 1)
 
     async def reserve(
-        self, *, idempotency_key: str, fingerprint: str, drop_id: str, order_id: str,
-        user_id: str, quantity: int, now_ms: int, hold_ms: int, running_ttl_s: int,
+        self,
+        *,
+        idempotency_key: str,
+        fingerprint: str,
+        drop_id: str,
+        order_id: str,
+        user_id: str,
+        quantity: int,
+        now_ms: int,
+        hold_ms: int,
+        running_ttl_s: int,
         done_ttl_s: int,
     ) -> Reservation:
         """Claim the key and reserve `quantity` units for `user_id`, all or nothing, atomically."""
         result: list[Any] = await self._reserve(
             keys=[idempotency_key, *drop_keys(drop_id)],
-            args=[fingerprint, order_id, user_id, quantity, now_ms, hold_ms, running_ttl_s,
-                  drop_id, done_ttl_s],
+            args=[
+                fingerprint,
+                order_id,
+                user_id,
+                quantity,
+                now_ms,
+                hold_ms,
+                running_ttl_s,
+                drop_id,
+                done_ttl_s,
+            ],
         )
         outcome = Reserved(result[0])
         if outcome is Reserved.RESERVED:
@@ -237,12 +257,12 @@ class Inventory:
 
     async def holdings(self, drop_id: str) -> dict[str, int]:
         """Units each user holds (reserved + sold) in a drop."""
-        held = await self._kv.hgetall(drop_keys(drop_id)[1])
+        held = cast("dict[str, str]", await self._kv.hgetall(drop_keys(drop_id)[1]))
         return {user: int(units) for user, units in held.items()}
 
     async def reservations(self, drop_id: str) -> dict[str, tuple[str, int]]:
         """Live reservations: order id -> (user id, quantity)."""
-        entries = await self._kv.hgetall(drop_keys(drop_id)[2])
+        entries = cast("dict[str, str]", await self._kv.hgetall(drop_keys(drop_id)[2]))
         result = {}
         for order_id, entry in entries.items():
             user, quantity = entry.rsplit("|", 1)
@@ -251,7 +271,10 @@ class Inventory:
 
     async def expired(self, now_ms: int, limit: int = 500) -> list[tuple[str, str, str]]:
         """(drop id, order id, user id) of reservations whose hold lapsed before `now_ms`."""
-        members = await self._kv.zrangebyscore(EXPIRING, "-inf", now_ms, start=0, num=limit)
+        members = cast(
+            "list[str]",
+            await self._kv.zrangebyscore(EXPIRING, "-inf", now_ms, start=0, num=limit),
+        )
         found = []
         for member in members:
             drop_id, order_id, user_id = member.split("|", 2)
@@ -259,9 +282,17 @@ class Inventory:
         return found
 
     async def rebuild(
-        self, drop_id: str, *, stock: int, limit: int, starts_ms: int, ends_ms: int,
-        closed: bool, confirmed: dict[str, tuple[str, int]],
-        reserved: dict[str, tuple[str, int, int]], only_if_missing: bool = False,
+        self,
+        drop_id: str,
+        *,
+        stock: int,
+        limit: int,
+        starts_ms: int,
+        ends_ms: int,
+        closed: bool,
+        confirmed: dict[str, tuple[str, int]],
+        reserved: dict[str, tuple[str, int, int]],
+        only_if_missing: bool = False,
     ) -> bool:
         """Replace a drop's counters with the ledger's truth, in one MULTI/EXEC; False when
         `only_if_missing` and another process made them first (WATCH keeps that race safe).
@@ -273,21 +304,31 @@ class Inventory:
         units_sold = sum(quantity for _, quantity in confirmed.values())
         units_reserved = sum(quantity for _, quantity, _ in reserved.values())
         holding: dict[str, int] = {}
-        for user, quantity, *_ in (*confirmed.values(), *reserved.values()):
+        for user, quantity in confirmed.values():
+            holding[user] = holding.get(user, 0) + quantity
+        for user, quantity, _ in reserved.values():
             holding[user] = holding.get(user, 0) + quantity
         async with self._kv.pipeline(transaction=True) as pipe:
             if only_if_missing:
                 await pipe.watch(inv)
                 if await pipe.exists(inv):
-                    await pipe.unwatch()
+                    await pipe.unwatch()  # type: ignore[no-untyped-call]
                     return False
-                pipe.multi()
+                pipe.multi()  # type: ignore[no-untyped-call]
             pipe.delete(inv, held, res, done)
-            pipe.hset(inv, mapping={
-                "stock": stock, "available": stock - units_sold - units_reserved,
-                "reserved": units_reserved, "sold": units_sold, "limit": limit,
-                "starts_ms": starts_ms, "ends_ms": ends_ms, "closed": int(closed),
-            })
+            pipe.hset(
+                inv,
+                mapping={
+                    "stock": stock,
+                    "available": stock - units_sold - units_reserved,
+                    "reserved": units_reserved,
+                    "sold": units_sold,
+                    "limit": limit,
+                    "starts_ms": starts_ms,
+                    "ends_ms": ends_ms,
+                    "closed": int(closed),
+                },
+            )
             if holding:
                 pipe.hset(held, mapping=holding)  # type: ignore[arg-type]
             if confirmed:

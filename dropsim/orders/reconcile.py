@@ -33,8 +33,12 @@ class Rebuilt:
 
 class Reconciler:
     def __init__(
-        self, store: OrderStore, inventory: Inventory, catalog: CreatorService,
-        *, clock: Callable[[], float] = time.time,
+        self,
+        store: OrderStore,
+        inventory: Inventory,
+        catalog: CreatorService,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._inventory = inventory
@@ -59,32 +63,53 @@ class Reconciler:
                 elif line.status is OrderStatus.PENDING_PAYMENT:
                     if await self._inventory.is_committed(drop.id, line.order_id):
                         # committed in Redis, crashed before SQL caught up
-                        await self._store.move(line.user_id, line.order_id,
-                                               [OrderStatus.PENDING_PAYMENT],
-                                               OrderStatus.CONFIRMED, now)
+                        await self._store.move(
+                            line.user_id,
+                            line.order_id,
+                            [OrderStatus.PENDING_PAYMENT],
+                            OrderStatus.CONFIRMED,
+                            now,
+                        )
                         confirmed[line.order_id] = (line.user_id, line.quantity)
                     elif line.expires_at > now:
-                        reserved[line.order_id] = (line.user_id, line.quantity,
-                                                   int(line.expires_at * 1000))
+                        reserved[line.order_id] = (
+                            line.user_id,
+                            line.quantity,
+                            int(line.expires_at * 1000),
+                        )
                     else:
-                        await self._store.move(line.user_id, line.order_id,
-                                               [OrderStatus.PENDING_PAYMENT],
-                                               OrderStatus.EXPIRED, now)
+                        await self._store.move(
+                            line.user_id,
+                            line.order_id,
+                            [OrderStatus.PENDING_PAYMENT],
+                            OrderStatus.EXPIRED,
+                            now,
+                        )
                         expired += 1
             made = await self._inventory.rebuild(
-                drop.id, stock=drop.stock, limit=drop.per_user_limit,
+                drop.id,
+                stock=drop.stock,
+                limit=drop.per_user_limit,
                 starts_ms=int(drop.starts_at.timestamp() * 1000),
                 ends_ms=int(drop.ends_at.timestamp() * 1000),
-                closed=drop.status is DropStatus.CANCELLED, confirmed=confirmed,
-                reserved=reserved, only_if_missing=only_if_missing,
+                closed=drop.status is DropStatus.CANCELLED,
+                confirmed=confirmed,
+                reserved=reserved,
+                only_if_missing=only_if_missing,
             )
             if not made:
                 return None
-            return Rebuilt(drop.id, drop.stock, sum(q for _, q in confirmed.values()),
-                           sum(q for _, q, _ in reserved.values()), expired)
+            return Rebuilt(
+                drop.id,
+                drop.stock,
+                sum(q for _, q in confirmed.values()),
+                sum(q for _, q, _ in reserved.values()),
+                expired,
+            )
 
-    async def reconcile(self, *, only_missing: bool, drop_ids: list[str] | None = None
-                        ) -> list[Rebuilt]:
+    async def reconcile(
+        self, *, only_missing: bool, drop_ids: list[str] | None = None
+    ) -> list[Rebuilt]:
         """Rebuild the named drops, or every drop; with `only_missing`, only those without
         counters in Redis (safe while other processes sell: it never touches live counters)."""
         drops = (

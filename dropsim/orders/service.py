@@ -110,62 +110,90 @@ class OrderService:
 
     async def _prepare(self, drop: Drop) -> None:
         await self._inventory.prepare(
-            drop.id, stock=drop.stock, limit=drop.per_user_limit,
+            drop.id,
+            stock=drop.stock,
+            limit=drop.per_user_limit,
             starts_ms=int(drop.starts_at.timestamp() * 1000),
             ends_ms=int(drop.ends_at.timestamp() * 1000),
         )
 
     # placing
     async def place_order(
-        self, principal: Principal, drop_id: str, key: str | None, quantity: int,
+        self,
+        principal: Principal,
+        drop_id: str,
+        key: str | None,
+        quantity: int,
         fingerprint: str,
     ) -> PlacedOrder:
         """Reserve and record an order once per idempotency key (see module docstring)."""
         if not key:
-            raise InvalidRequest("send an Idempotency-Key header (a fresh UUID per purchase)",
-                                 code="idempotency_key_missing")
+            raise InvalidRequest(
+                "send an Idempotency-Key header (a fresh UUID per purchase)",
+                code="idempotency_key_missing",
+            )
         if len(key) > idempotency.MAX_KEY_LENGTH:
-            raise InvalidRequest("Idempotency-Key is longer than 255 characters",
-                                 code="idempotency_key_invalid")
+            raise InvalidRequest(
+                "Idempotency-Key is longer than 255 characters", code="idempotency_key_invalid"
+            )
         drop = await self._drop_terms(drop_id)
         user_id = principal.user_id
         if self._known_sold_out(drop_id):
             stored = await self._records.lookup(user_id, key)
             if stored is None:
                 return PlacedOrder(409, rejection=Rejection.SOLD_OUT)
-            return self._repeat(stored.fingerprint == fingerprint, stored.running,
-                                stored.status, stored.body)
+            return self._repeat(
+                stored.fingerprint == fingerprint, stored.running, stored.status, stored.body
+            )
         now = self._clock()
         order_id = new_id("ord")
         for attempt in range(2):
             decision = await self._inventory.reserve(
-                idempotency_key=idempotency.record_key(user_id, key), fingerprint=fingerprint,
-                drop_id=drop_id, order_id=order_id, user_id=user_id, quantity=quantity,
-                now_ms=int(now * 1000), hold_ms=int(self._hold * 1000),
-                running_ttl_s=idempotency.RUNNING_SECONDS, done_ttl_s=idempotency.KEPT_SECONDS,
+                idempotency_key=idempotency.record_key(user_id, key),
+                fingerprint=fingerprint,
+                drop_id=drop_id,
+                order_id=order_id,
+                user_id=user_id,
+                quantity=quantity,
+                now_ms=int(now * 1000),
+                hold_ms=int(self._hold * 1000),
+                running_ttl_s=idempotency.RUNNING_SECONDS,
+                done_ttl_s=idempotency.KEPT_SECONDS,
             )
             if decision.outcome is not Reserved.UNPREPARED:
                 break
             if attempt == 0:
-                await self._reconciler.rebuild(await self._catalog.fresh_drop(drop_id),
-                                               only_if_missing=True)
+                await self._reconciler.rebuild(
+                    await self._catalog.fresh_drop(drop_id), only_if_missing=True
+                )
         else:
-            raise Conflict("this drop's inventory is being rebuilt; retry shortly",
-                           code="inventory_unavailable")
+            raise Conflict(
+                "this drop's inventory is being rebuilt; retry shortly",
+                code="inventory_unavailable",
+            )
         if decision.outcome is Reserved.REJECTED:
             assert decision.rejection is not None
             if decision.rejection is Rejection.SOLD_OUT:
                 self._sold_out_at[drop_id] = time.monotonic()
             return PlacedOrder(409, rejection=decision.rejection)
         if decision.outcome is not Reserved.RESERVED:
-            return self._repeat(decision.outcome is not Reserved.MISMATCH,
-                                decision.outcome is Reserved.IN_FLIGHT,
-                                decision.stored_status, decision.stored_body)
+            return self._repeat(
+                decision.outcome is not Reserved.MISMATCH,
+                decision.outcome is Reserved.IN_FLIGHT,
+                decision.stored_status,
+                decision.stored_body,
+            )
         order = Order(
-            id=order_id, user_id=user_id, drop_id=drop_id, quantity=quantity,
-            amount_cents=drop.price_cents * quantity, idempotency_key=key,
-            status=OrderStatus.PENDING_PAYMENT, created_at=to_datetime(now),
-            updated_at=to_datetime(now), expires_at=to_datetime(now) + timedelta(seconds=self._hold),
+            id=order_id,
+            user_id=user_id,
+            drop_id=drop_id,
+            quantity=quantity,
+            amount_cents=drop.price_cents * quantity,
+            idempotency_key=key,
+            status=OrderStatus.PENDING_PAYMENT,
+            created_at=to_datetime(now),
+            updated_at=to_datetime(now),
+            expires_at=to_datetime(now) + timedelta(seconds=self._hold),
         )
         try:
             await self._store.insert(order)
@@ -178,8 +206,15 @@ class OrderService:
         if available == 0:
             self._sold_out_at[drop_id] = time.monotonic()
             await self._catalog.mark_sold_out(drop_id)
-        await self._publish(OrderReserved(order_id=order_id, user_id=user_id, drop_id=drop_id,
-                                          quantity=quantity, available=available))
+        await self._publish(
+            OrderReserved(
+                order_id=order_id,
+                user_id=user_id,
+                drop_id=drop_id,
+                quantity=quantity,
+                available=available,
+            )
+        )
         if self._payments is not None:
             await self._payments.request_payment(order)
         return PlacedOrder(201, order=order)
@@ -188,14 +223,19 @@ class OrderService:
         self, same_request: bool, running: bool, status: int | None, body: str | None
     ) -> PlacedOrder:
         if not same_request:
-            raise Unprocessable("this Idempotency-Key was used for a different request",
-                                code="idempotency_key_reused")
+            raise Unprocessable(
+                "this Idempotency-Key was used for a different request",
+                code="idempotency_key_reused",
+            )
         if running or status is None or body is None:
-            raise Conflict("a request with this Idempotency-Key is still being processed; "
-                           "retry shortly", code="idempotency_key_in_flight")
+            raise Conflict(
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+                code="idempotency_key_in_flight",
+            )
         if body.startswith("problem:"):
-            return PlacedOrder(status, rejection=Rejection(body.removeprefix("problem:")),
-                               replayed=True)
+            return PlacedOrder(
+                status, rejection=Rejection(body.removeprefix("problem:")), replayed=True
+            )
         return PlacedOrder(status, replayed=True, stored_body=body)
 
     def _known_sold_out(self, drop_id: str) -> bool:
@@ -236,22 +276,26 @@ class OrderService:
             committed = await self._inventory.commit(drop_id, order_id, user_id)
             if committed == 0:
                 # the hold lapsed or a failure released it first: the unit is someone else's now
-                await self._store.move(user_id, order_id, [OrderStatus.PENDING_PAYMENT],
-                                       OrderStatus.EXPIRED, now)
+                await self._store.move(
+                    user_id, order_id, [OrderStatus.PENDING_PAYMENT], OrderStatus.EXPIRED, now
+                )
                 return Settlement.REFUND
-            moved = await self._store.move(user_id, order_id, [OrderStatus.PENDING_PAYMENT],
-                                           OrderStatus.CONFIRMED, now)
+            moved = await self._store.move(
+                user_id, order_id, [OrderStatus.PENDING_PAYMENT], OrderStatus.CONFIRMED, now
+            )
             if moved:
-                await self._publish(OrderConfirmed(order_id=order_id, user_id=user_id,
-                                                   drop_id=drop_id))
+                await self._publish(
+                    OrderConfirmed(order_id=order_id, user_id=user_id, drop_id=drop_id)
+                )
                 return Settlement.CONFIRMED
             return Settlement.ALREADY_CONFIRMED
         return await self._release(order_id, user_id, drop_id, OrderStatus.FAILED, reason, now)
 
     async def expire(self, order_id: str, user_id: str, drop_id: str) -> Settlement:
         """Release a reservation whose hold lapsed (the reaper calls this)."""
-        return await self._release(order_id, user_id, drop_id, OrderStatus.EXPIRED, "expired",
-                                   self._clock())
+        return await self._release(
+            order_id, user_id, drop_id, OrderStatus.EXPIRED, "expired", self._clock()
+        )
 
     async def expire_lapsed(self, now_ms: int) -> int:
         """Release every reservation whose hold lapsed before `now_ms`; return how many."""
@@ -279,13 +323,19 @@ class OrderService:
                 if await self._inventory.is_committed(drop_id, order_id)
                 else OrderStatus.EXPIRED
             )
-            if await self._store.move(user_id, order_id, [OrderStatus.PENDING_PAYMENT], target,
-                                      now):
+            if await self._store.move(
+                user_id, order_id, [OrderStatus.PENDING_PAYMENT], target, now
+            ):
                 resolved += 1
         return resolved
 
     async def _release(
-        self, order_id: str, user_id: str, drop_id: str, target: OrderStatus, reason: str,
+        self,
+        order_id: str,
+        user_id: str,
+        drop_id: str,
+        target: OrderStatus,
+        reason: str,
         now: float,
     ) -> Settlement:
         released, available = await self._inventory.release(drop_id, order_id, user_id)

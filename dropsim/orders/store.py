@@ -35,9 +35,15 @@ _INSERT = f"INSERT INTO orders ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?
 
 def _order(row: Row) -> Order:
     return Order(
-        id=row[0], user_id=row[1], drop_id=row[2], quantity=int(row[3]),
-        amount_cents=int(row[4]), idempotency_key=row[5], status=OrderStatus(row[6]),
-        created_at=to_datetime(row[7]), updated_at=to_datetime(row[8]),
+        id=row[0],
+        user_id=row[1],
+        drop_id=row[2],
+        quantity=int(row[3]),
+        amount_cents=int(row[4]),
+        idempotency_key=row[5],
+        status=OrderStatus(row[6]),
+        created_at=to_datetime(row[7]),
+        updated_at=to_datetime(row[8]),
         expires_at=to_datetime(row[9]),
     )
 
@@ -61,11 +67,21 @@ class OrderStore:
 
     async def insert(self, order: Order) -> None:
         """Write a new order row (committed when this returns)."""
-        await self._inserts.insert(self._db.shard_of(order.user_id), (
-            order.id, order.user_id, order.drop_id, order.quantity, order.amount_cents,
-            order.idempotency_key, order.status.value, order.created_at.timestamp(),
-            order.updated_at.timestamp(), order.expires_at.timestamp(),
-        ))
+        await self._inserts.insert(
+            self._db.shard_of(order.user_id),
+            (
+                order.id,
+                order.user_id,
+                order.drop_id,
+                order.quantity,
+                order.amount_cents,
+                order.idempotency_key,
+                order.status.value,
+                order.created_at.timestamp(),
+                order.updated_at.timestamp(),
+                order.expires_at.timestamp(),
+            ),
+        )
 
     async def order(self, user_id: str, order_id: str) -> Order | None:
         row = await self._db.shard(self._db.shard_of(user_id)).fetch_one(
@@ -81,7 +97,11 @@ class OrderStore:
         return [_order(row) for row in rows]
 
     async def move(
-        self, user_id: str, order_id: str, expected: Sequence[OrderStatus], target: OrderStatus,
+        self,
+        user_id: str,
+        order_id: str,
+        expected: Sequence[OrderStatus],
+        target: OrderStatus,
         now: float,
     ) -> bool:
         """Compare-and-set the status: True only for the caller that made the move."""
@@ -99,13 +119,16 @@ class OrderStore:
             "SELECT id, user_id, quantity, status, idempotency_key, expires_at FROM orders "
             "WHERE drop_id = ?"
         )
-        shards = await asyncio.gather(*(
-            self._db.shard(index).fetch_all(query, (drop_id,))
-            for index in range(self._db.shard_count)
-        ))
+        shards = await asyncio.gather(
+            *(
+                self._db.shard(index).fetch_all(query, (drop_id,))
+                for index in range(self._db.shard_count)
+            )
+        )
         return [
             LedgerLine(row[0], row[1], int(row[2]), OrderStatus(row[3]), row[4], float(row[5]))
-            for rows in shards for row in rows
+            for rows in shards
+            for row in rows
         ]
 
     async def stale_pending(self, before: float, limit: int = 1000) -> list[tuple[str, str, str]]:
@@ -114,8 +137,10 @@ class OrderStore:
             "SELECT drop_id, id, user_id FROM orders WHERE status = 'pending_payment' "
             "AND expires_at < ? LIMIT ?"
         )
-        shards = await asyncio.gather(*(
-            self._db.shard(index).fetch_all(query, (before, limit))
-            for index in range(self._db.shard_count)
-        ))
+        shards = await asyncio.gather(
+            *(
+                self._db.shard(index).fetch_all(query, (before, limit))
+                for index in range(self._db.shard_count)
+            )
+        )
         return [(row[0], row[1], row[2]) for rows in shards for row in rows]

@@ -12,6 +12,10 @@ WEB_ROOT = Path(__file__).parent / "static"
 
 def web_router() -> Router:
     return create_static_files_router(
-        path="/", directories=[WEB_ROOT], html_mode=True, include_in_schema=False,
-        opt={"exclude_from_auth": True}, name="web",
+        path="/",
+        directories=[WEB_ROOT],
+        html_mode=True,
+        include_in_schema=False,
+        opt={"exclude_from_auth": True},
+        name="web",
     )
