@@ -10,8 +10,9 @@ package `wrk`) from another process, one wrk thread so the server keeps a core:
     order      POST /v1/drops/{id}/orders    fresh key per request, stock never runs out
     sold out   POST /v1/drops/{id}/orders    fresh keys on a sold-out drop
 
-Payment callbacks are switched off (the provider never answers, and the payment timeout is
-longer than the run) so the figures are the order path alone. Figures are printed, never
+The simulated provider runs in its own process, as an external one would, and never calls
+back (the payment timeout is longer than the run): the figures are the order path including
+its payment hand-off (one HTTP call to the provider per order), without settlement. Figures are printed, never
 asserted: these machines are noisy, so compare the ratios, not the absolute numbers.
 """
 
@@ -33,6 +34,7 @@ import httpx
 
 from dropsim.accounts.models import Role
 from dropsim.gateway.tokens import TokenIssuer
+from dropsim.serving import start_provider_process
 from dropsim.settings import Settings
 from dropsim.testing import ServerProcess, embedded_settings
 
@@ -50,8 +52,8 @@ end
 """
 
 ORDER_REQUEST = """
-local tokens = {%s}
-local path = "%s"
+local tokens = {TOKENS}
+local path = "PATH"
 local counter = 0
 local prefix = tostring(math.random(1, 1000000000))
 request = function()
@@ -68,7 +70,7 @@ end
 
 def order_script(tokens: list[str], path: str) -> str:
     quoted = ",".join(f'"{token}"' for token in tokens)
-    return ORDER_REQUEST % (quoted, path) + DONE
+    return ORDER_REQUEST.replace("TOKENS", quoted).replace("PATH", path) + DONE
 
 
 def wrk(url: str, script: str, seconds: int, connections: int) -> dict[str, float]:
@@ -151,6 +153,19 @@ async def prepare(url: str, settings: Settings) -> tuple[list[str], str, str]:
 
 
 def run_backend(name: str, settings: Settings, seconds: int, connections: int) -> list[list[str]]:
+    rows = []
+    # the provider is external, as a real one is: its own process
+    provider, provider_url = start_provider_process(settings)
+    settings = settings.model_copy(update={"payment_provider_url": provider_url})
+    try:
+        rows = _measure(name, settings, seconds, connections)
+    finally:
+        provider.terminate()
+        provider.wait(timeout=10)
+    return rows
+
+
+def _measure(name: str, settings: Settings, seconds: int, connections: int) -> list[list[str]]:
     rows = []
     with ServerProcess(settings) as server:
         tokens, open_drop, sold_out_drop = asyncio.run(prepare(server.url, settings))

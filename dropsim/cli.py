@@ -109,7 +109,7 @@ def serve(
         Panel.fit(
             f"[bold]dropsim {__version__}[/] serving on [cyan]{url}[/]\n"
             f"  page        {url}/\n"
-            f"  API docs    {url}/schema  (Swagger: {url}/schema/swagger)\n"
+            f"  API docs    {url}/schema\n"
             f"  metrics     {url}/metrics\n"
             f"  health      {url}/health/ready\n"
             f"  KV          {settings.kv_url}\n"
