@@ -12,8 +12,9 @@ package `wrk`) from another process, one wrk thread so the server keeps a core:
 
 The simulated provider runs in its own process, as an external one would, and never calls
 back (the payment timeout is longer than the run): the figures are the order path including
-its payment hand-off (one HTTP call to the provider per order), without settlement. Figures are printed, never
-asserted: these machines are noisy, so compare the ratios, not the absolute numbers.
+its payment hand-off (one HTTP call to the provider per order), without settlement. Figures
+are printed, never asserted: these machines are noisy, so compare the ratios, not the
+absolute numbers.
 """
 
 from __future__ import annotations
