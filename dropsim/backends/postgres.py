@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from dropsim.backends.migrations import apply_pending
 from dropsim.backends.sharding import shard_of
 from dropsim.errors import BackendUnavailable
 from dropsim.ports import Migration, Params, Queries, Row
@@ -119,23 +120,7 @@ class PostgresDatabase:
         for index in range(self.shard_count):
             async with self.transaction(index) as tx:
                 await tx.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-                await tx.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations "
-                    "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-                )
-                applied = {
-                    row[0] for row in await tx.fetch_all("SELECT name FROM schema_migrations")
-                }
-                for migration in migrations:
-                    if migration.name in applied:
-                        continue
-                    for statement in migration.statements:
-                        await tx.execute(statement)
-                    await tx.execute(
-                        "INSERT INTO schema_migrations (name, applied_at) "
-                        "VALUES (?, extract(epoch from now()))",
-                        (migration.name,),
-                    )
+                await apply_pending(tx, migrations)
 
     async def ping(self) -> None:
         for queries in self._autocommit:
