@@ -203,3 +203,18 @@ async def test_finished_keys_are_kept_a_day() -> None:
     stored = await records.lookup("usr_1", "k")
     assert stored is not None
     assert (stored.running, stored.status, stored.body) == (False, 201, "{}")
+
+
+async def test_asking_for_more_than_is_left_does_not_close_the_drop(
+    client: httpx.AsyncClient,
+) -> None:
+    drop_id = await live_drop(client, stock=3, per_user_limit=3)
+    _, first = await sign_up(client)
+    _, greedy = await sign_up(client)
+    _, modest = await sign_up(client)
+    assert (await order(client, drop_id, first, "two", {"quantity": 2})).status_code == 201
+    too_many = await order(client, drop_id, greedy, "two-more", {"quantity": 2})
+    assert too_many.status_code == 409
+    assert too_many.json()["code"] == "sold_out"
+    last_one = await order(client, drop_id, modest, "one", {"quantity": 1})
+    assert last_one.status_code == 201, last_one.text

@@ -173,7 +173,8 @@ class OrderService:
             )
         if decision.outcome is Reserved.REJECTED:
             assert decision.rejection is not None
-            if decision.rejection is Rejection.SOLD_OUT:
+            if decision.rejection is Rejection.SOLD_OUT and quantity == 1:
+                # (asking for more units than are left is "sold out" for that request only)
                 self._sold_out_at[drop_id] = time.monotonic()
             return PlacedOrder(409, rejection=decision.rejection)
         if decision.outcome is not Reserved.RESERVED:
