@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.security.jwt import JWTAuth, Token
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from dropsim.accounts.models import Role
 from dropsim.gateway.tokens import ALGORITHM, Principal, principal_from_token
@@ -30,6 +33,36 @@ async def _retrieve_principal(token: Token, _: ASGIConnection[Any, Any, Any, Any
     return principal
 
 
+VERIFIED_TOKENS = 50_000
+"""How many verified tokens a process remembers (a rush re-sends the same few thousand)."""
+
+
+class CachedJWTMiddleware(JWTAuthenticationMiddleware):
+    """Litestar's JWT middleware that verifies each distinct token once, not on every request.
+
+    A buyer in a rush sends the same token many times a second; HS256 verification and claim
+    parsing are most of an authenticated request's cost on the hot path. A remembered token is
+    still refused once its `exp` has passed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._verified: OrderedDict[str, tuple[float, AuthenticationResult]] = OrderedDict()
+
+    async def authenticate_token(
+        self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        verified = self._verified
+        known = verified.get(encoded_token)
+        if known is not None and known[0] > time.time():
+            return known[1]
+        result = await super().authenticate_token(encoded_token, connection)
+        verified[encoded_token] = (result.auth.exp.timestamp(), result)
+        if len(verified) > VERIFIED_TOKENS:
+            verified.popitem(last=False)
+        return result
+
+
 def jwt_auth(secret: str) -> JWTAuth[Principal, Token]:
     """The bearer-token middleware configuration for the app."""
     return JWTAuth[Principal, Token](
@@ -37,6 +70,7 @@ def jwt_auth(secret: str) -> JWTAuth[Principal, Token]:
         algorithm=ALGORITHM,
         retrieve_user_handler=_retrieve_principal,
         exclude=PUBLIC_PATHS,
+        authentication_middleware_class=CachedJWTMiddleware,
     )
 
 

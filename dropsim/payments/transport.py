@@ -13,7 +13,7 @@ import asyncio
 
 import httpx
 
-CONNECTIONS = 64
+CONNECTIONS = 4
 
 
 def pooled_client(timeout_seconds: float) -> httpx.AsyncClient:
