@@ -52,7 +52,8 @@ class Queries(Protocol):
 
 
 class ShardedDatabase(Protocol):
-    """N SQL shards. Outside `transaction` every statement commits on its own."""
+    """N SQL shards. Outside `transaction` every statement commits on its own, and an
+    `execute_many` commits all its rows in one transaction (or none of them)."""
 
     dialect: str
     """`sqlite` or `postgresql`, for the few statements that differ."""

@@ -66,8 +66,9 @@ async def test_rush_with_payment_faults_keeps_every_invariant(backend_settings: 
         backend_settings,
         provider_failure_rate=0.2,
         provider_callback_loss_rate=0.1,
-        payment_timeout_seconds=2,
-        reservation_hold_seconds=4,
+        # long enough that a busy 2-core CI machine does not time out healthy payments too
+        payment_timeout_seconds=5,
+        reservation_hold_seconds=8,
     )
     with ServerProcess(settings) as server:
         async with rush_client(server.url) as client:

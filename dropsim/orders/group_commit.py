@@ -45,8 +45,8 @@ class GroupInserter:
         self, shard: int, batch: list[tuple[Sequence[Any], asyncio.Future[None]]]
     ) -> None:
         try:
-            async with self._db.transaction(shard) as tx:
-                await tx.execute_many(self._statement, [row for row, _ in batch])
+            # one transaction on every backend (see ShardedDatabase.shard)
+            await self._db.shard(shard).execute_many(self._statement, [row for row, _ in batch])
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
