@@ -108,16 +108,7 @@ class Settings(BaseSettings):
         """The JWT secret: the configured one, or one kept in the data dir for CLI and server."""
         if self.jwt_secret:
             return self.jwt_secret
-        path = self.data_dir / "jwt-secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with path.open("x") as handle:
-                    handle.write(secrets.token_urlsafe(48))
-                path.chmod(0o600)
-            except FileExistsError:
-                pass  # another process created it first: use theirs
-        return path.read_text().strip()
+        return _kept_secret(self.data_dir / "jwt-secret")
 
     def payment_secret(self) -> str:
         """The callback signing secret: the configured one, or one kept in the data dir so every
