@@ -120,7 +120,7 @@ class _AutocommitQueries:
                         outcomes = await self._in_thread(
                             _each, [(sql, params) for sql, params, _ in batch]
                         )
-                except BaseException as exc:  # the connection itself failed
+                except Exception as exc:  # the connection itself failed
                     outcomes = [exc] * len(batch)
                 for (_, _, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
