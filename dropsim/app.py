@@ -119,6 +119,7 @@ def build_services(
     )
     payments.connect_orders(orders.settle)
     orders.connect_payments(payments)
+    reconciler.connect_payments(payments)
     auditor = Auditor(order_store, inventory, creators, payments)
     return Services(
         accounts=accounts,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from dropsim.creators.models import Drop, DropStatus
 from dropsim.creators.service import CreatorService
+from dropsim.orders.audit import PaymentLedger
 from dropsim.orders.inventory import Inventory
 from dropsim.orders.models import OrderStatus
 from dropsim.orders.store import OrderStore
@@ -45,6 +46,12 @@ class Reconciler:
         self._catalog = catalog
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
+        self._payments: PaymentLedger | None = None
+
+    def connect_payments(self, payments: PaymentLedger) -> None:
+        """Let rebuilds see which orders were paid (a crash can fall between the payment's
+        success and the order's confirmation: such an order is confirmed, not expired)."""
+        self._payments = payments
 
     async def rebuild(self, drop: Drop, *, only_if_missing: bool = False) -> Rebuilt | None:
         """Replace the drop's counters with what the ledger says (one at a time per drop);
@@ -57,12 +64,18 @@ class Reconciler:
             confirmed: dict[str, tuple[str, int]] = {}
             reserved: dict[str, tuple[str, int, int]] = {}
             expired = 0
+            paid: set[str] = set()
+            if self._payments is not None:
+                paid = {order for _, order, _ in await self._payments.succeeded_payments(drop.id)}
             for line in await self._store.ledger(drop.id):
                 if line.status is OrderStatus.CONFIRMED:
                     confirmed[line.order_id] = (line.user_id, line.quantity)
                 elif line.status is OrderStatus.PENDING_PAYMENT:
-                    if await self._inventory.is_committed(drop.id, line.order_id):
-                        # committed in Redis, crashed before SQL caught up
+                    if line.order_id in paid or await self._inventory.is_committed(
+                        drop.id, line.order_id
+                    ):
+                        # paid, or committed in Redis, and the process died before SQL caught
+                        # up: the unit it held was never sold to anyone else
                         await self._store.move(
                             line.user_id,
                             line.order_id,
