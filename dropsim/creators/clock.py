@@ -7,30 +7,23 @@ import contextlib
 import logging
 import time
 
+from dropsim.background import BackgroundTask
 from dropsim.creators.service import CreatorService
 
 logger = logging.getLogger("dropsim.clock")
 
 
-class DropClock:
+class DropClock(BackgroundTask):
     """Sleeps until the next due transition, or `poll_seconds` to see other processes' drops."""
 
+    name = "drop-clock"
+
     def __init__(self, service: CreatorService, *, poll_seconds: float = 0.5) -> None:
+        super().__init__()
         self._service = service
         self._poll = poll_seconds
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         service.on_schedule_change(self._wake.set)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="drop-clock")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -4,10 +4,10 @@ which Redis drops when no one listens and fakeredis does not send at all)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
+from dropsim.background import BackgroundTask
 from dropsim.orders.service import OrderService
 
 logger = logging.getLogger("dropsim.reaper")
@@ -16,21 +16,13 @@ LEDGER_SWEEP_EVERY = 20
 """Every this many ticks, also look in SQL for pending orders that lost their reservation."""
 
 
-class Reaper:
+class Reaper(BackgroundTask):
+    name = "reservation-reaper"
+
     def __init__(self, orders: OrderService, *, interval_seconds: float = 0.5) -> None:
+        super().__init__()
         self._orders = orders
         self._interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reservation-reaper")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         tick = 0
