@@ -51,6 +51,16 @@ DataDir = Annotated[
 ]
 
 
+ServerUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="act through this running server (found automatically when "
+        "it serves the embedded backends of the same data dir)",
+    ),
+]
+
+
 def _settings(
     kv_url: str | None = None,
     db_url: str | None = None,
@@ -155,13 +165,7 @@ def seed(
         int, typer.Option(min=0, max=10_000_000, help="followers of each celebrity")
     ] = 10_000,
     prefix: Annotated[str, typer.Option(help="handles are <prefix>1, <prefix>2, ...")] = "celeb",
-    url: Annotated[
-        str | None,
-        typer.Option(
-            help="seed through this running server (found automatically when it "
-            "serves the embedded backends of the same data dir)"
-        ),
-    ] = None,
+    url: ServerUrl = None,
     batch: Annotated[int, typer.Option(min=100, max=200_000, help="edges per batch")] = 50_000,
     kv_url: KvUrl = None,
     db_url: DbUrl = None,
@@ -224,16 +228,6 @@ def _server_url(settings: Settings, url: str | None) -> str | None:
         return None
     errors.print(f"using the running server at [cyan]{found.url}[/] (pid {found.pid})")
     return found.url
-
-
-ServerUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--url",
-        help="act through this running server (found automatically when "
-        "it serves the embedded backends of the same data dir)",
-    ),
-]
 
 
 @app.command()

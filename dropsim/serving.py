@@ -53,10 +53,16 @@ def settings_environment(settings: Settings) -> dict[str, str]:
     return {f"DROPSIM_{name.upper()}": str(value) for name, value in settings.model_dump().items()}
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def start_provider_process(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
     """Run `dropsim provider` in a child process; return it and its URL once it listens."""
-    from dropsim.testing import free_port
-
     port = free_port()
     env = {**os.environ, **settings_environment(settings)}
     process = subprocess.Popen(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ import httpx
 from litestar import Litestar
 
 from dropsim.app import create_app
-from dropsim.serving import settings_environment
+from dropsim.serving import free_port, settings_environment
 from dropsim.settings import Settings
 
 
@@ -36,14 +35,6 @@ def embedded_settings(directory: Path, **overrides: object) -> Settings:
 def embedded_app(directory: Path, **overrides: object) -> Litestar:
     """The whole dropsim app on embedded backends under `directory`."""
     return create_app(embedded_settings(directory, **overrides))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ServerProcess:
