@@ -41,7 +41,15 @@ class Settings(BaseSettings):
     scheduler_poll_seconds: float = Field(default=0.5, gt=0, le=10)
     """Longest the drop clock sleeps before looking for transitions made by other processes."""
     event_log_max_len: int = Field(default=100_000, ge=100)
-    """Approximate cap of the event log (a Redis stream)."""
+    """Approximate cap of the event log (a Redis stream): how far back a stream can resume."""
+    sse_max_connections: int = Field(default=10_000, ge=1)
+    """Event streams one process holds; more get 503 with a jittered Retry-After."""
+    sse_retry_ms: int = Field(default=3000, ge=100, le=600_000)
+    """The `retry:` advice sent to stream clients (jittered +-25 %)."""
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    """How often an idle stream gets a heartbeat comment."""
+    stock_update_seconds: float = Field(default=0.25, gt=0, le=10)
+    """Coalescing window of stock updates: each watched drop gets at most one per window."""
     public_url: str = "http://127.0.0.1:8000"
     """Where this server is reachable (the payment provider sends its callbacks here)."""
     reservation_hold_seconds: float = Field(default=60.0, gt=0, le=3600)
