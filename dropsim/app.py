@@ -55,6 +55,7 @@ from dropsim.orders.service import OrderService
 from dropsim.orders.store import OrderStore
 from dropsim.payments import store as payment_tables
 from dropsim.payments.api import payments_router
+from dropsim.payments.housekeeping import CallbackPruner
 from dropsim.payments.provider import EmbeddedProvider, provider_config
 from dropsim.payments.service import PaymentService
 from dropsim.payments.store import PaymentStore
@@ -65,6 +66,8 @@ from dropsim.settings import Settings, load_settings
 from dropsim.web import web_router
 
 logger = logging.getLogger("dropsim")
+
+CALLBACK_PRUNE_INTERVAL_SECONDS = 3600.0
 
 GC_YOUNG_THRESHOLD = 50_000
 """Allocations between young-generation collections in a server process (CPython's is 700)."""
@@ -186,6 +189,11 @@ def _lifespan(settings: Settings) -> Any:
             services.hub.position = await services.events.last_id()
             feed = EventFeed(services.events, services.hub, services.stock_updates)
             heartbeat = Heartbeat(services.hub, interval_seconds=settings.sse_heartbeat_seconds)
+            pruner = CallbackPruner(
+                services.payments,
+                retention_seconds=settings.payment_callback_retention_seconds,
+                interval_seconds=CALLBACK_PRUNE_INTERVAL_SECONDS,
+            )
             app.state.backends = backends
             app.state.services = services
             background: tuple[BackgroundTask, ...] = (
@@ -194,6 +202,7 @@ def _lifespan(settings: Settings) -> Any:
                 feed,
                 services.stock_updates,
                 heartbeat,
+                pruner,
             )
             for task in background:
                 task.start()

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     `<data_dir>/payment-secret`."""
     payment_timeout_seconds: float = Field(default=20.0, gt=0, le=3600)
     """How long a payment waits for the provider's final callback before it is timed out."""
+    payment_callback_retention_seconds: float = Field(default=7 * 86_400, ge=3600)
+    """How long a provider event id is remembered against replays (longer than the provider
+    redelivers: 3 days for Stripe)."""
     provider_latency_median_ms: float = Field(default=150.0, gt=0)
     """Simulated provider: median time from charge request to callback."""
     provider_latency_p99_ms: float = Field(default=1200.0, gt=0)
