@@ -282,6 +282,8 @@ DEPENDENCIES = {
 def create_app(settings: Settings | None = None) -> Litestar:
     """The whole system as one ASGI app; backends open in its lifespan."""
     settings = settings or load_settings()
+    # httpx logs every request at INFO: one line (and a log record's cost) per charge
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     auth = jwt_auth(settings.signing_secret())
     metrics = PrometheusConfig(
         app_name="dropsim", prefix="dropsim", group_path=True, exclude=[r"^/metrics", r"^/health"]
