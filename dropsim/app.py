@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 
 from dropsim import __version__
 from dropsim.accounts import store as account_tables
@@ -32,9 +33,12 @@ from dropsim.follows import store as follow_tables
 from dropsim.follows.api import follows_router
 from dropsim.follows.service import FollowService
 from dropsim.gateway.auth import jwt_auth
+from dropsim.gateway.composition import DropPageComposer
+from dropsim.gateway.composition_api import composition_router
 from dropsim.gateway.problems import EXCEPTION_HANDLERS
 from dropsim.gateway.tokens import TokenIssuer
 from dropsim.health import live, ready
+from dropsim.metrics_api import forget_this_worker, metrics
 from dropsim.orders import store as order_tables
 from dropsim.orders.api import orders_router
 from dropsim.orders.audit import Auditor
@@ -43,6 +47,7 @@ from dropsim.orders.inventory import Inventory
 from dropsim.orders.reaper import Reaper
 from dropsim.orders.reconcile import Reconciler
 from dropsim.orders.service import OrderService
+from dropsim.orders.stock_gauges import StockGauges
 from dropsim.orders.store import OrderStore
 from dropsim.payments import store as payment_tables
 from dropsim.payments.api import payments_router
@@ -56,6 +61,8 @@ from dropsim.settings import Settings, load_settings
 from dropsim.web import web_router
 
 logger = logging.getLogger("dropsim")
+
+PROCESS_HEADER = "X-Dropsim-Process"
 
 MIGRATIONS: tuple[Migration, ...] = (
     *account_tables.MIGRATIONS,
@@ -80,6 +87,7 @@ class Services:
     reconciler: Reconciler
     auditor: Auditor
     payments: PaymentService
+    drop_pages: DropPageComposer
 
     async def close(self) -> None:
         await self.payments.close()
@@ -132,6 +140,7 @@ def build_services(
         reconciler=reconciler,
         auditor=auditor,
         payments=payments,
+        drop_pages=DropPageComposer(creators, follows, orders),
     )
 
 
@@ -153,13 +162,16 @@ def _lifespan(settings: Settings) -> Any:
             await services.reconciler.reconcile(only_missing=True)
             clock = DropClock(services.creators, poll_seconds=settings.scheduler_poll_seconds)
             reaper = Reaper(services.orders, interval_seconds=settings.reaper_interval_seconds)
+            gauges = StockGauges(services.creators, services.orders)
             app.state.backends = backends
             app.state.services = services
             clock.start()
             reaper.start()
+            gauges.start()
             try:
                 yield
             finally:
+                await gauges.stop()
                 await reaper.stop()
                 await clock.stop()
                 await services.close()
@@ -167,6 +179,7 @@ def _lifespan(settings: Settings) -> Any:
             if provider is not None:
                 await provider.stop()
             await backends.close()
+            forget_this_worker()
 
     return lifespan
 
@@ -212,6 +225,10 @@ def _provide_tokens(state: State) -> TokenIssuer:
     return _services(state).tokens
 
 
+def _provide_drop_pages(state: State) -> DropPageComposer:
+    return _services(state).drop_pages
+
+
 DEPENDENCIES = {
     "account_service": Provide(_provide_accounts, sync_to_thread=False),
     "creator_service": Provide(_provide_creators, sync_to_thread=False),
@@ -222,6 +239,7 @@ DEPENDENCIES = {
     "reconciler": Provide(_provide_reconciler, sync_to_thread=False),
     "auditor": Provide(_provide_auditor, sync_to_thread=False),
     "payment_service": Provide(_provide_payments, sync_to_thread=False),
+    "drop_pages": Provide(_provide_drop_pages, sync_to_thread=False),
 }
 
 
@@ -229,23 +247,26 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """The whole system as one ASGI app; backends open in its lifespan."""
     settings = settings or load_settings()
     auth = jwt_auth(settings.signing_secret())
-    metrics = PrometheusConfig(
+    request_metrics = PrometheusConfig(
         app_name="dropsim", prefix="dropsim", group_path=True, exclude=[r"^/metrics", r"^/health"]
     )
     return Litestar(
         route_handlers=[
             live,
             ready,
-            PrometheusController,
+            metrics,
             accounts_router(),
             creators_router(),
             follows_router(),
             seeding_router(),
             orders_router(),
             payments_router(),
+            composition_router(),
             web_router(),
         ],
-        middleware=[metrics.middleware],
+        middleware=[request_metrics.middleware],
+        # which server process answered (several serve one port with --workers N)
+        response_headers=[ResponseHeader(name=PROCESS_HEADER, value=str(os.getpid()))],
         dependencies=DEPENDENCIES,
         lifespan=[_lifespan(settings)],
         exception_handlers=EXCEPTION_HANDLERS,

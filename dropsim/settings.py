@@ -104,6 +104,11 @@ class Settings(BaseSettings):
         """True when the KV store lives in this process's memory (one process only)."""
         return self.kv_url.startswith("memory://")
 
+    @property
+    def embedded_db(self) -> bool:
+        """True when the SQL shards are SQLite files (no server shares them between processes)."""
+        return self.db_url.startswith("sqlite")
+
     def signing_secret(self) -> str:
         """The JWT secret: the configured one, or one kept in the data dir for CLI and server."""
         if self.jwt_secret:
