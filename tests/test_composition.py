@@ -18,25 +18,12 @@ from dropsim.app import Services, create_app
 from dropsim.settings import Settings
 from dropsim.testing import ServerProcess
 from tests.apiclient import bearer, make_creator, make_drop, sign_up
-from tests.rush import buyer_tokens, open_drop, rush_client, settled_audit
-
-
-def fast_payments(settings: Settings) -> Settings:
-    """A provider that answers quickly and never declines: no unit ever comes back."""
-    return settings.model_copy(
-        update={
-            "provider_latency_median_ms": 20,
-            "provider_latency_p99_ms": 100,
-            "provider_failure_rate": 0.0,
-            "provider_callback_loss_rate": 0.0,
-            "reservation_hold_seconds": 60,
-        }
-    )
+from tests.rush import buyer_tokens, fast_provider, open_drop, rush_client, settled_audit
 
 
 @pytest.fixture
 async def app(backend_settings: Settings) -> Litestar:
-    return create_app(fast_payments(backend_settings))
+    return create_app(fast_provider(backend_settings))
 
 
 @pytest.fixture
@@ -64,7 +51,7 @@ async def order(client: Any, drop_id: str, token: str) -> dict[str, Any]:
 
 
 async def test_page_agrees_with_each_service(backend_settings: Settings) -> None:
-    with ServerProcess(fast_payments(backend_settings)) as server:
+    with ServerProcess(fast_provider(backend_settings)) as server:
         async with rush_client(server.url) as client:
             await _page_agrees_with_each_service(client, server.settings)
 
@@ -215,7 +202,7 @@ async def test_concurrent_pages_never_show_stock_an_acknowledged_order_took(
     """Over HTTP, pages read while orders are placed: every page balances, never goes back up
     for one reader, and never shows a unit that an order acknowledged before the page was
     requested still took (stock is read live, not from a cache)."""
-    settings = fast_payments(backend_settings)
+    settings = fast_provider(backend_settings)
     with ServerProcess(settings) as server:
         async with rush_client(server.url) as client:
             tokens = await buyer_tokens(client, server.settings, BUYERS)

@@ -12,35 +12,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from dropsim.settings import Settings
 from dropsim.testing import ServerProcess
 from tests.apiclient import bearer, make_creator, make_drop
-from tests.rush import buyer_tokens, drop_starts, orders_of, rush_client, settled_audit
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape(client: httpx.AsyncClient) -> Samples:
-    response = await client.get("/metrics")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of every series of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, found), v in samples.items() if n == name and wanted <= found)
+from tests.rush import (
+    buyer_tokens,
+    drop_starts,
+    fast_provider,
+    orders_of,
+    rush_client,
+    settled_audit,
+)
+from tests.scrape import scrape, total, value
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
@@ -91,18 +75,6 @@ async def statuses_of(client: httpx.AsyncClient, tokens: list[str]) -> Counter[s
     for token in tokens:
         statuses.update(order["status"] for order in await orders_of(client, token))
     return statuses
-
-
-def fast_provider(settings: Settings, **faults: float) -> Settings:
-    terms: dict[str, float] = {
-        "provider_latency_median_ms": 20,
-        "provider_latency_p99_ms": 100,
-        "provider_failure_rate": 0.0,
-        "provider_duplicate_rate": 0.3,  # a callback twice must not count a confirmation twice
-        "provider_callback_loss_rate": 0.0,
-        "reservation_hold_seconds": 60,
-    }
-    return settings.model_copy(update=terms | faults)
 
 
 async def test_counters_and_gauges_after_orders(backend_settings: Settings) -> None:
