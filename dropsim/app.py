@@ -33,6 +33,7 @@ from dropsim.follows.api import follows_router
 from dropsim.follows.service import FollowService
 from dropsim.gateway.auth import jwt_auth
 from dropsim.gateway.problems import EXCEPTION_HANDLERS
+from dropsim.gateway.ratelimit import RateLimitMiddleware, rate_limit_config
 from dropsim.gateway.tokens import TokenIssuer
 from dropsim.health import live, ready
 from dropsim.orders import store as order_tables
@@ -135,10 +136,11 @@ def build_services(
     )
 
 
-def _lifespan(settings: Settings) -> Any:
+def _lifespan(settings: Settings, rate_limit: RateLimitMiddleware) -> Any:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         backends = await Backends.open(settings)
+        rate_limit.connect(backends.kv)
         provider: EmbeddedProvider | None = None
         try:
             await backends.db.migrate(MIGRATIONS)
@@ -229,6 +231,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """The whole system as one ASGI app; backends open in its lifespan."""
     settings = settings or load_settings()
     auth = jwt_auth(settings.signing_secret())
+    rate_limit = RateLimitMiddleware(rate_limit_config(settings))
     metrics = PrometheusConfig(
         app_name="dropsim", prefix="dropsim", group_path=True, exclude=[r"^/metrics", r"^/health"]
     )
@@ -245,9 +248,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             payments_router(),
             web_router(),
         ],
-        middleware=[metrics.middleware],
+        # order: JWT auth (inserted first by on_app_init), metrics, then the rate limiter, which
+        # finds the verified principal in the scope and whose 429s the metrics still count
+        middleware=[metrics.middleware, rate_limit],
         dependencies=DEPENDENCIES,
-        lifespan=[_lifespan(settings)],
+        lifespan=[_lifespan(settings, rate_limit)],
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth.on_app_init],
         request_max_body_size=settings.max_body_bytes,
