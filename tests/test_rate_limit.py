@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 
 from dropsim.app import create_app
 from dropsim.backends import open_kv
-from dropsim.gateway.gcra import RateGate
+from dropsim.gateway.gcra import Budgets, Decision, RateGate
 from dropsim.gateway.limits import ClassLimits, Limit, RouteClass, route_class_of
 from dropsim.ports import KeyValueStore
 from dropsim.settings import Settings, load_settings
@@ -96,9 +96,15 @@ async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KeyValueStore]:
         await store.aclose()
 
 
+async def decide(gate: RateGate, budgets: Budgets, now_us: int) -> Decision:
+    """One request's decision at `now_us`."""
+    [decision] = await gate.decide([budgets], now_us=now_us)
+    return decision
+
+
 async def test_a_fresh_key_admits_exactly_the_burst(kv: KeyValueStore) -> None:
     gate, limit = RateGate(kv), Limit.parse("1/s:5")
-    decisions = [await gate.check([("k", limit)], now_us=NOW) for _ in range(7)]
+    decisions = [await decide(gate, [("k", limit)], NOW) for _ in range(7)]
     assert [d.allowed for d in decisions] == [True] * 5 + [False] * 2
     assert [d.budgets[0].remaining for d in decisions] == [4, 3, 2, 1, 0, 0, 0]
     assert [d.budgets[0].reset_us for d in decisions] == [n * SECOND for n in (1, 2, 3, 4, 5, 5, 5)]
@@ -109,15 +115,15 @@ async def test_a_fresh_key_admits_exactly_the_burst(kv: KeyValueStore) -> None:
 async def test_budget_refills_one_request_per_emission_interval(kv: KeyValueStore) -> None:
     gate, limit = RateGate(kv), Limit.parse("2/s:3")  # T = 500 ms
     for _ in range(3):
-        assert (await gate.check([("k", limit)], now_us=NOW)).allowed
-    early = await gate.check([("k", limit)], now_us=NOW + 500_000 - 1)
+        assert (await decide(gate, [("k", limit)], NOW)).allowed
+    early = await decide(gate, [("k", limit)], NOW + 500_000 - 1)
     assert not early.allowed
     assert early.retry_after_us == 1
-    assert (await gate.check([("k", limit)], now_us=NOW + 500_000)).allowed
-    assert not (await gate.check([("k", limit)], now_us=NOW + 500_000)).allowed
+    assert (await decide(gate, [("k", limit)], NOW + 500_000)).allowed
+    assert not (await decide(gate, [("k", limit)], NOW + 500_000)).allowed
     # idle for the whole window: the full burst is back, and not more
     later = NOW + 500_000 + 3 * 500_000
-    assert [(await gate.check([("k", limit)], now_us=later)).allowed for _ in range(4)] == [
+    assert [(await decide(gate, [("k", limit)], later)).allowed for _ in range(4)] == [
         True,
         True,
         True,
@@ -129,9 +135,9 @@ async def test_retry_after_is_the_longest_wait_of_the_budgets(kv: KeyValueStore)
     gate = RateGate(kv)
     user, ip = Limit.parse("1/s:2"), Limit.parse("1/4s:2")  # T = 1 s and 4 s
     budgets = [("user", user), ("ip", ip)]
-    assert (await gate.check(budgets, now_us=NOW)).allowed
-    assert (await gate.check(budgets, now_us=NOW)).allowed
-    refused = await gate.check(budgets, now_us=NOW + 250_000)
+    assert (await decide(gate, budgets, NOW)).allowed
+    assert (await decide(gate, budgets, NOW)).allowed
+    refused = await decide(gate, budgets, NOW + 250_000)
     assert not refused.allowed
     assert [b.wait_us for b in refused.budgets] == [750_000, 3_750_000]
     assert refused.retry_after_us == 3_750_000
@@ -142,13 +148,38 @@ async def test_a_refusal_charges_no_budget(kv: KeyValueStore) -> None:
     """The user's budget refuses; the address's budget, which had room, is not charged."""
     gate = RateGate(kv)
     user, ip = Limit.parse("1/m:1"), Limit.parse("1/m:3")
-    assert (await gate.check([("alice", user), ("addr", ip)], now_us=NOW)).allowed
+    assert (await decide(gate, [("alice", user), ("addr", ip)], NOW)).allowed
     for _ in range(5):
-        refused = await gate.check([("alice", user), ("addr", ip)], now_us=NOW)
+        refused = await decide(gate, [("alice", user), ("addr", ip)], NOW)
         assert not refused.allowed
         assert refused.budgets[1].remaining == 2
-    bob = [(await gate.check([("bob", ip), ("addr", ip)], now_us=NOW)).allowed for _ in range(3)]
+    bob = [(await decide(gate, [("bob", ip), ("addr", ip)], NOW)).allowed for _ in range(3)]
     assert bob == [True, True, False]
+
+
+async def test_one_call_decides_its_requests_in_order(kv: KeyValueStore) -> None:
+    gate, limit = RateGate(kv), Limit.parse("1/m:2")
+    other = Limit.parse("1/m:5")
+    decisions = await gate.decide(
+        [[("a", limit)], [("a", limit), ("b", other)], [("a", limit)], [("b", other)]],
+        now_us=NOW,
+    )
+    assert [d.allowed for d in decisions] == [True, True, False, True]
+    assert [len(d.budgets) for d in decisions] == [1, 2, 1, 1]
+    assert decisions[1].budgets[1].remaining == 4
+    assert decisions[3].budgets[0].remaining == 3  # the refusal in between charged nothing
+
+
+async def test_concurrent_checks_admit_exactly_the_burst(kv: KeyValueStore) -> None:
+    """Checks from many requests at once gather into shared calls; the count stays exact."""
+    gate = RateGate(kv, max_batch=16)
+    user, ip = Limit.parse("1/m:7"), Limit.parse("1/m:1000")
+    decisions = await asyncio.gather(
+        *(gate.check([(f"user{n % 3}", user), ("addr", ip)]) for n in range(90))
+    )
+    admitted = Counter(n % 3 for n, d in enumerate(decisions) if d.allowed)
+    assert admitted == {0: 7, 1: 7, 2: 7}
+    assert (await gate.check([("addr", ip)])).budgets[0].remaining == 1000 - 21 - 1
 
 
 async def test_keys_expire_once_their_debt_is_paid(kv: KeyValueStore) -> None:

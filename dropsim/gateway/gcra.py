@@ -6,10 +6,15 @@ emission interval T and burst B, a request at `now` is allowed when `max(TAT, no
 (the debt it would leave) is at most `B * T`; it then stores that new TAT with an expiry at the
 moment the debt is paid, so an idle key costs no memory. A fresh key admits exactly B requests at
 once, then one per T. The state lives only in the KV store, so every server process shares it.
+
+The script takes a batch of requests and decides them one after another: a process sends the
+checks that arrive together in one call (see `RateGate`), so a request costs one round trip at
+most, and under load a fraction of one.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,43 +22,54 @@ from typing import Any
 from dropsim.gateway.limits import Limit
 from dropsim.ports import KeyValueStore
 
-# KEYS: one per budget    ARGV: now in us ('' = the KV server's clock), then per key: T us, B
-# Returns {allowed, then per key: remaining, debt us (time to refill completely), wait us}.
-# Numbers go back to Redis as '%d' strings: Lua 5.1 would print 16-digit times as 1.7e+15.
+# One call decides a batch of requests, in order, each atomically against its own keys.
+# KEYS: every request's keys, request after request
+# ARGV: now in us ('' = the KV server's clock), then per request: its key count n, then n pairs
+#       (T us, B)
+# Returns, per request: allowed (1/0), then per key: remaining, debt us (time to full), wait us.
+# Numbers go to Redis as '%d' strings: Lua 5.1 would print 16-digit times as 1.7e+15.
 GCRA = """
 local now = tonumber(ARGV[1])
 if not now then
   local clock = redis.call('TIME')
   now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 end
-local allowed = 1
-local debts = {}
-local result = {0}
-for i = 1, #KEYS do
-  local interval, burst = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local debt = tat - now
-  local wait = debt + interval - burst * interval
-  if wait > 0 then allowed = 0 else wait = 0 end
-  debts[i] = debt
-  result[3 * i - 1] = math.floor((burst * interval - debt) / interval)
-  result[3 * i] = debt
-  result[3 * i + 1] = wait
-end
-if allowed == 1 then
-  for i = 1, #KEYS do
-    local interval = tonumber(ARGV[2 * i])
-    local debt = debts[i] + interval
-    redis.call('SET', KEYS[i], string.format('%d', now + debt),
-               'PX', string.format('%d', math.floor((debt + 999) / 1000)))
-    result[3 * i - 1] = result[3 * i - 1] - 1
-    result[3 * i] = debt
+local result = {}
+local k, a = 1, 2
+while a <= #ARGV do
+  local count = tonumber(ARGV[a])
+  a = a + 1
+  local base = #result
+  local allowed = 1
+  for i = 0, count - 1 do
+    local interval, burst = tonumber(ARGV[a + 2 * i]), tonumber(ARGV[a + 2 * i + 1])
+    local tat = tonumber(redis.call('GET', KEYS[k + i]) or now)
+    if tat < now then tat = now end
+    local debt = tat - now
+    local wait = debt + interval - burst * interval
+    if wait > 0 then allowed = 0 else wait = 0 end
+    result[base + 2 + 3 * i] = math.floor((burst * interval - debt) / interval)
+    result[base + 3 + 3 * i] = debt
+    result[base + 4 + 3 * i] = wait
   end
+  if allowed == 1 then
+    for i = 0, count - 1 do
+      local debt = result[base + 3 + 3 * i] + tonumber(ARGV[a + 2 * i])
+      redis.call('SET', KEYS[k + i], string.format('%d', now + debt),
+                 'PX', string.format('%d', math.floor((debt + 999) / 1000)))
+      result[base + 2 + 3 * i] = result[base + 2 + 3 * i] - 1
+      result[base + 3 + 3 * i] = debt
+    end
+  end
+  result[base + 1] = allowed
+  k = k + count
+  a = a + 2 * count
 end
-result[1] = allowed
 return result
 """
+
+Budgets = Sequence[tuple[str, Limit]]
+"""One request's budgets: (key, limit) pairs that must all allow it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,34 +98,78 @@ class Decision:
 
 
 class RateGate:
-    """Checks and charges several GCRA budgets atomically with one script call."""
+    """Checks and charges GCRA budgets atomically; concurrent requests share one script call.
 
-    def __init__(self, kv: KeyValueStore) -> None:
+    While one call is in flight, the requests that arrive gather and go together in the next
+    (as group commit does for SQL): under a rush a call carries many decisions, under a
+    trickle each goes alone at once. Each decision stays atomic and exact; only the client's
+    per-call cost (a redis-py round trip, or fakeredis compiling the script) is shared.
+    """
+
+    def __init__(self, kv: KeyValueStore, *, max_batch: int = 256) -> None:
         self._script = kv.register_script(GCRA)
+        self._max_batch = max_batch
+        self._pending: list[tuple[Budgets, asyncio.Future[Decision]]] = []
+        self._flushing = False
 
-    async def check(
-        self, budgets: Sequence[tuple[str, Limit]], *, now_us: int | None = None
-    ) -> Decision:
-        """Charge one request to every `(key, limit)` if all allow it, else to none.
+    async def check(self, budgets: Budgets) -> Decision:
+        """Charge one request to every `(key, limit)` if all allow it, else to none, on the KV
+        server's clock (which every server process shares)."""
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._pending.append((budgets, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.create_task(self._flush())  # noqa: RUF006 (the futures hold the results)
+        return await future
 
-        `now_us` defaults to the KV server's clock, which every server process shares; tests
-        pass their own to step through time.
-        """
+    async def decide(
+        self, requests: Sequence[Budgets], *, now_us: int | None = None
+    ) -> list[Decision]:
+        """Decide `requests` in order in one script call; `now_us` (tests) replaces the server's
+        clock."""
         keys: list[str] = []
         args: list[Any] = ["" if now_us is None else now_us]
-        for key, limit in budgets:
-            keys.append(key)
-            args.append(limit.interval_us)
-            args.append(limit.burst)
+        for budgets in requests:
+            args.append(len(budgets))
+            for key, limit in budgets:
+                keys.append(key)
+                args.append(limit.interval_us)
+                args.append(limit.burst)
         reply: list[Any] = await self._script(keys=keys, args=args)
-        return Decision(
-            allowed=int(reply[0]) == 1,
-            budgets=tuple(
-                Budget(
-                    remaining=max(0, int(reply[index])),
-                    reset_us=int(reply[index + 1]),
-                    wait_us=int(reply[index + 2]),
+        decisions = []
+        at = 0
+        for budgets in requests:
+            end = at + 1 + 3 * len(budgets)
+            decisions.append(
+                Decision(
+                    allowed=int(reply[at]) == 1,
+                    budgets=tuple(
+                        Budget(
+                            remaining=max(0, int(reply[index])),
+                            reset_us=int(reply[index + 1]),
+                            wait_us=int(reply[index + 2]),
+                        )
+                        for index in range(at + 1, end, 3)
+                    ),
                 )
-                for index in range(1, len(reply), 3)
-            ),
-        )
+            )
+            at = end
+        return decisions
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                self._pending = self._pending[self._max_batch :]
+                try:
+                    decisions = await self.decide([budgets for budgets, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), decision in zip(batch, decisions, strict=True):
+                    if not future.done():  # its request was cancelled meanwhile
+                        future.set_result(decision)
+        finally:
+            self._flushing = False
