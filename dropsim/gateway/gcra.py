@@ -23,10 +23,11 @@ from dropsim.gateway.limits import Limit
 from dropsim.ports import KeyValueStore
 
 # One call decides a batch of requests, in order, each atomically against its own keys.
-# KEYS: every request's keys, request after request
-# ARGV: now in us ('' = the KV server's clock), then per request: its key count n, then n pairs
-#       (T us, B)
+# KEYS: the batch's distinct keys
+# ARGV: now in us ('' = the KV server's clock), then per request: its key count n, then n
+#       triples (key's position in KEYS, T us, B)
 # Returns, per request: allowed (1/0), then per key: remaining, debt us (time to full), wait us.
+# Each key is read once (MGET) and written once (SET ... PX), however many requests share it.
 # Numbers go to Redis as '%d' strings: Lua 5.1 would print 16-digit times as 1.7e+15.
 GCRA = """
 local now = tonumber(ARGV[1])
@@ -34,18 +35,22 @@ if not now then
   local clock = redis.call('TIME')
   now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 end
+local unpack = unpack or table.unpack
+local stored = redis.call('MGET', unpack(KEYS))
+local tats, charged = {}, {}
+for i = 1, #KEYS do tats[i] = tonumber(stored[i]) or 0 end
 local result = {}
-local k, a = 1, 2
+local a = 2
 while a <= #ARGV do
   local count = tonumber(ARGV[a])
   a = a + 1
   local base = #result
   local allowed = 1
   for i = 0, count - 1 do
-    local interval, burst = tonumber(ARGV[a + 2 * i]), tonumber(ARGV[a + 2 * i + 1])
-    local tat = tonumber(redis.call('GET', KEYS[k + i]) or now)
-    if tat < now then tat = now end
-    local debt = tat - now
+    local at = a + 3 * i
+    local key, interval, burst = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+    local debt = tats[key] - now
+    if debt < 0 then debt = 0 end
     local wait = debt + interval - burst * interval
     if wait > 0 then allowed = 0 else wait = 0 end
     result[base + 2 + 3 * i] = math.floor((burst * interval - debt) / interval)
@@ -54,16 +59,22 @@ while a <= #ARGV do
   end
   if allowed == 1 then
     for i = 0, count - 1 do
-      local debt = result[base + 3 + 3 * i] + tonumber(ARGV[a + 2 * i])
-      redis.call('SET', KEYS[k + i], string.format('%d', now + debt),
-                 'PX', string.format('%d', math.floor((debt + 999) / 1000)))
+      local key = tonumber(ARGV[a + 3 * i])
+      local debt = result[base + 3 + 3 * i] + tonumber(ARGV[a + 3 * i + 1])
+      tats[key] = now + debt
+      charged[key] = true
       result[base + 2 + 3 * i] = result[base + 2 + 3 * i] - 1
       result[base + 3 + 3 * i] = debt
     end
   end
   result[base + 1] = allowed
-  k = k + count
-  a = a + 2 * count
+  a = a + 3 * count
+end
+for key = 1, #KEYS do
+  if charged[key] then
+    redis.call('SET', KEYS[key], string.format('%d', tats[key]),
+               'PX', string.format('%d', math.floor((tats[key] - now + 999) / 1000)))
+  end
 end
 return result
 """
@@ -127,14 +138,14 @@ class RateGate:
     ) -> list[Decision]:
         """Decide `requests` in order in one script call; `now_us` (tests) replaces the server's
         clock."""
-        keys: list[str] = []
+        positions: dict[str, int] = {}
         args: list[Any] = ["" if now_us is None else now_us]
         for budgets in requests:
             args.append(len(budgets))
             for key, limit in budgets:
-                keys.append(key)
-                args.append(limit.interval_us)
-                args.append(limit.burst)
+                position = positions.setdefault(key, len(positions) + 1)
+                args += (position, limit.interval_us, limit.burst)
+        keys = list(positions)
         reply: list[Any] = await self._script(keys=keys, args=args)
         decisions = []
         at = 0
