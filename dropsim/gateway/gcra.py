@@ -26,7 +26,9 @@ from dropsim.ports import KeyValueStore
 # KEYS: the batch's distinct keys
 # ARGV: now in us ('' = the KV server's clock), then per request: its key count n, then n
 #       triples (key's position in KEYS, T us, B)
-# Returns, per request: allowed (1/0), then per key: remaining, debt us (time to full), wait us.
+# Returns one string of numbers: per request allowed (1/0), then per key: remaining, debt us
+# (time to full), wait us. One string, not an array: replies cost per element in redis-py and
+# far more in fakeredis, which converts each one from Lua.
 # Each key is read once (MGET) and written once (SET ... PX), however many requests share it.
 # Numbers go to Redis as '%d' strings: Lua 5.1 would print 16-digit times as 1.7e+15.
 GCRA = """
@@ -76,7 +78,7 @@ for key = 1, #KEYS do
                'PX', string.format('%d', math.floor((tats[key] - now + 999) / 1000)))
   end
 end
-return result
+return table.concat(result, ' ')
 """
 
 Budgets = Sequence[tuple[str, Limit]]
@@ -146,19 +148,19 @@ class RateGate:
                 position = positions.setdefault(key, len(positions) + 1)
                 args += (position, limit.interval_us, limit.burst)
         keys = list(positions)
-        reply: list[Any] = await self._script(keys=keys, args=args)
+        reply = [int(number) for number in (await self._script(keys=keys, args=args)).split()]
         decisions = []
         at = 0
         for budgets in requests:
             end = at + 1 + 3 * len(budgets)
             decisions.append(
                 Decision(
-                    allowed=int(reply[at]) == 1,
+                    allowed=reply[at] == 1,
                     budgets=tuple(
                         Budget(
-                            remaining=max(0, int(reply[index])),
-                            reset_us=int(reply[index + 1]),
-                            wait_us=int(reply[index + 2]),
+                            remaining=max(0, reply[index]),
+                            reset_us=reply[index + 1],
+                            wait_us=reply[index + 2],
                         )
                         for index in range(at + 1, end, 3)
                     ),
