@@ -9,7 +9,8 @@ once, then one per T. The state lives only in the KV store, so every server proc
 
 The script takes a batch of requests and decides them one after another: a process sends the
 checks that arrive together in one call (see `RateGate`), so a request costs one round trip at
-most, and under load a fraction of one.
+most, and under load a fraction of one. (A call's keys must live on one Redis node: no Redis
+Cluster without hash tags that put them together.)
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -111,5 +111,5 @@ class RateLimitConfig:
     trusted_proxies: int = 0
     """How many reverse proxies in front of the server append to `X-Forwarded-For`: 0 ignores
     the header (the TCP peer is the client); N takes the N-th address from its right end."""
-    key_prefix: str = field(default="rl")
+    key_prefix: str = "rl"
     """Namespace of the limiter's Redis keys."""

@@ -109,7 +109,8 @@ class _Plan:
 
 class RateLimitMiddleware(ASGIMiddleware):
     """Refuses a request with 429 once its user's or its address's budget for the route's class
-    is spent; shared by every server process through the KV store (one script call a request).
+    is spent; shared by every server process through the KV store (at most one script call a
+    request: concurrent requests share one, see `RateGate`).
 
     Built in `create_app`, then `connect`ed to the KV store when the app's lifespan opens it.
     """
