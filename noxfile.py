@@ -31,3 +31,4 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/seed_follows.py", *session.posargs)
     session.run("python", "benchmarks/sse_fanout.py")
+    session.run("python", "benchmarks/rate_limit.py")

@@ -38,6 +38,7 @@ from dropsim.gateway.auth import jwt_auth
 from dropsim.gateway.composition import DropPageComposer
 from dropsim.gateway.composition_api import composition_router
 from dropsim.gateway.problems import EXCEPTION_HANDLERS
+from dropsim.gateway.ratelimit import RateLimitMiddleware, rate_limit_config
 from dropsim.gateway.tokens import TokenIssuer
 from dropsim.health import live, ready
 from dropsim.metrics_api import forget_this_worker, metrics
@@ -177,7 +178,7 @@ def build_services(
     )
 
 
-def _lifespan(settings: Settings) -> Any:
+def _lifespan(settings: Settings, rate_limit: RateLimitMiddleware) -> Any:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if settings.payment_timeout_seconds > settings.reservation_hold_seconds:
@@ -188,6 +189,7 @@ def _lifespan(settings: Settings) -> Any:
                 settings.reservation_hold_seconds,
             )
         backends = await Backends.open(settings)
+        rate_limit.connect(backends.kv)
         provider: EmbeddedProvider | None = None
         try:
             await backends.db.migrate(MIGRATIONS)
@@ -310,6 +312,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # httpx logs every request at INFO: one line (and a log record's cost) per charge
     logging.getLogger("httpx").setLevel(logging.WARNING)
     auth = jwt_auth(settings.signing_secret())
+    rate_limit = RateLimitMiddleware(rate_limit_config(settings))
     request_metrics = PrometheusConfig(
         app_name="dropsim", prefix="dropsim", group_path=True, exclude=[r"^/metrics", r"^/health"]
     )
@@ -328,11 +331,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             composition_router(),
             web_router(),
         ],
-        middleware=[request_metrics.middleware],
+        # order: JWT auth (inserted first by on_app_init), metrics, then the rate limiter, which
+        # finds the verified principal in the scope and whose 429s the metrics still count
+        middleware=[request_metrics.middleware, rate_limit],
         # which server process answered (several serve one port with --workers N)
         response_headers=[ResponseHeader(name=PROCESS_HEADER, value=str(os.getpid()))],
         dependencies=DEPENDENCIES,
-        lifespan=[_lifespan(settings)],
+        lifespan=[_lifespan(settings, rate_limit)],
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth.on_app_init],
         request_max_body_size=settings.max_body_bytes,

@@ -74,6 +74,12 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(work())  # type: ignore[arg-type]
 
 
+def _rate_limits(settings: Settings) -> str:
+    if not settings.rate_limit_enabled:
+        return "off"
+    return f"orders {settings.rate_limit_orders}, reads {settings.rate_limit_reads} (user,ip)"
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
@@ -84,13 +90,36 @@ def serve(
     shards: Shards = None,
     data_dir: DataDir = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+    rate_limit: Annotated[
+        bool | None,
+        typer.Option(
+            "--rate-limit/--no-rate-limit",
+            help="limit requests per user and per address [DROPSIM_RATE_LIMIT_ENABLED]",
+        ),
+    ] = None,
+    trusted_proxies: Annotated[
+        int | None,
+        typer.Option(
+            "--trusted-proxies",
+            min=0,
+            help="proxies in front that append to X-Forwarded-For; 0 ignores the header "
+            "[DROPSIM_RATE_LIMIT_TRUSTED_PROXIES]",
+        ),
+    ] = None,
 ) -> None:
     """Serve the whole system: gateway, every service, the page, API docs and metrics."""
     from dropsim.backends import Backends
     from dropsim.serving import check_workers, write_server_note
     from dropsim.serving import serve as run_server
 
-    settings = _settings(kv_url, db_url, shards, data_dir)
+    settings = load_settings(
+        kv_url=kv_url,
+        db_url=db_url,
+        shards=shards,
+        data_dir=data_dir,
+        rate_limit_enabled=rate_limit,
+        rate_limit_trusted_proxies=trusted_proxies,
+    )
     check_workers(settings, workers)
 
     async def check_backends() -> None:
@@ -121,6 +150,7 @@ def serve(
             f"  KV          {settings.kv_url}\n"
             f"  SQL         {settings.db_url} x {settings.shards} shards\n"
             f"  payments    {settings.payment_provider_url} (simulated provider unless a URL)\n"
+            f"  rate limit  {_rate_limits(settings)}\n"
             f"  workers     {workers}",
             title="dropsim serve",
         )

@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dropsim.errors import ConfigurationError
+from dropsim.gateway.limits import ClassLimits
 
 KV_SCHEMES = frozenset({"memory", "redis", "rediss", "unix"})
 SQL_SCHEMES = frozenset({"sqlite", "postgresql", "postgres"})
@@ -78,6 +79,20 @@ class Settings(BaseSettings):
     """Simulated provider: fraction of charges followed by a stale `charge.pending` callback."""
     provider_callback_loss_rate: float = Field(default=0.0, ge=0, le=1)
     """Simulated provider: fraction of charges never called back (these time out)."""
+    rate_limit_enabled: bool = True
+    """Limit requests per user and per client address (GCRA in Redis); false turns it off."""
+    rate_limit_trusted_proxies: int = Field(default=0, ge=0, le=10)
+    """Reverse proxies in front of the server that append to `X-Forwarded-For`; 0 ignores the
+    header. Only set it when every request comes through them, or clients can pick addresses."""
+    rate_limit_orders: str = "1/s:5,20/s:60"
+    """Budget of `POST /v1/drops/{id}/orders` as `USER,IP`, each `RATE/UNIT:BURST` (5/s:10 is
+    5 a second in bursts of 10; units s, m, h, e.g. 30/m:5 or 100/10s:20)."""
+    rate_limit_writes: str = "5/s:20,50/s:150"
+    """Budget of every other POST/PUT/PATCH/DELETE under /v1, as `USER,IP`."""
+    rate_limit_reads: str = "20/s:60,200/s:600"
+    """Budget of GET under /v1, as `USER,IP`."""
+    rate_limit_stream: str = "1/s:5,20/s:60"
+    """Budget of `/v1/stream` (opening an SSE stream, creating its ticket), as `USER,IP`."""
 
     @field_validator("kv_url")
     @classmethod
@@ -96,6 +111,14 @@ class Settings(BaseSettings):
                 f"unknown SQL scheme {scheme!r}: use sqlite:///dir/shard-{{shard}}.db "
                 "or postgresql://host/dropsim_{shard}"
             )
+        return value
+
+    @field_validator(
+        "rate_limit_orders", "rate_limit_writes", "rate_limit_reads", "rate_limit_stream"
+    )
+    @classmethod
+    def _class_limits(cls, value: str) -> str:
+        ClassLimits.parse(value)  # raises ValueError with the expected form
         return value
 
     @model_validator(mode="after")

@@ -17,9 +17,14 @@ from dropsim.app import create_app
 from dropsim.serving import free_port, settings_environment
 from dropsim.settings import Settings
 
+LOOPBACK_LIMITS = "100000/s:100000,100000/s:100000"
+"""Rate limits for tests and benchmarks: every request comes from 127.0.0.1, thousands a second,
+so the limiter stays on (each request still pays its check) but never refuses."""
+
 
 def embedded_settings(directory: Path, **overrides: object) -> Settings:
-    """Settings for fakeredis + SQLite shards under `directory`, with a fixed JWT secret."""
+    """Settings for fakeredis + SQLite shards under `directory`, with a fixed JWT secret and
+    rate limits that load from one address never reaches (`LOOPBACK_LIMITS`)."""
     values: dict[str, object] = {
         "kv_url": "memory://",
         "db_url": f"sqlite:///{directory}/shard-{{shard}}.db",
@@ -27,6 +32,10 @@ def embedded_settings(directory: Path, **overrides: object) -> Settings:
         "data_dir": directory,
         "jwt_secret": "test-secret-" + "x" * 32,
         "scheduler_poll_seconds": 0.2,
+        "rate_limit_orders": LOOPBACK_LIMITS,
+        "rate_limit_writes": LOOPBACK_LIMITS,
+        "rate_limit_reads": LOOPBACK_LIMITS,
+        "rate_limit_stream": LOOPBACK_LIMITS,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -87,7 +96,7 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        """The server's process id (for reading its memory, say)."""
+        """The server's process id (with one worker, the process that serves requests)."""
         if self._process is None:
             raise RuntimeError("the server has not been started")
         return self._process.pid
@@ -104,6 +113,8 @@ class ServerProcess:
             "--factory",
             *where,
             "--no-access-log",
+            # as `dropsim serve`: X-Forwarded-For is the app's business (trusted proxies setting)
+            "--no-proxy-headers",
             "--timeout-graceful-shutdown",
             "3",
         ]
