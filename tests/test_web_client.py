@@ -157,6 +157,28 @@ async def test_a_fan_logs_in_follows_gets_the_go_live_alert_buys_and_sees_it_con
     [order] = await my_orders(client, token)
     assert order["status"] == "confirmed"
     assert order["id"] == await placed.get_attribute("data-order-id")
+
+    # the crowd takes the rest: the page shows it sold out from the stream
+    others = [(await buyer(client))[1] for _ in range(2)]
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                f"/v1/drops/{drop['id']}/orders",
+                headers={**bearer(other), "Idempotency-Key": str(uuid.uuid4())},
+            )
+            for other in others
+        )
+    )
+    assert [response.status_code for response in responses] == [201, 201]
+    await expect(card.locator(".badge")).to_have_text("Sold out")
+    await expect(card.locator(".stock")).to_have_text("0 of 3 left")
+
+    await follow.click()
+    await expect(follow).to_have_attribute("aria-pressed", "false")
+    following = await client.get("/v1/me/following", headers=bearer(token))
+    assert following.json()["items"] == []
+    # readable on a phone: nothing wider than the screen
+    assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     assert errors == []
 
 
@@ -319,4 +341,78 @@ async def test_the_stream_reconnects_with_a_new_ticket_and_resumes_after_its_las
     assert len(set(tickets)) == len(tickets)  # a spent ticket is never offered again
     assert queries[0]["last_event_id"] == seen
     assert all(query.get("last_event_id") for query in queries)
+    assert errors == []
+
+
+async def test_a_rate_limited_order_waits_for_retry_after_and_keeps_its_key(
+    client: httpx.AsyncClient, context: BrowserContext, server: ServerProcess
+) -> None:
+    from playwright.async_api import expect
+
+    _, creator = await make_creator(client, unique("maker"))
+    drop = await make_drop(client, creator, starts_in=0.5, stock=5, per_user_limit=2)
+    handle, token = await buyer(client)
+    page, errors = await open_client(context, server.url)
+    await log_in(page, handle)
+    card = page.locator(f"#drops li[data-drop-id='{drop['id']}']")
+    await expect(card.locator(".badge")).to_have_text("Live")
+
+    attempts: list[tuple[float, str | None]] = []
+
+    async def limit_once(route: Route) -> None:
+        attempts.append((time.monotonic(), route.request.headers.get("idempotency-key")))
+        if route.request.method == "POST" and len(attempts) == 1:
+            await route.fulfill(
+                status=429,
+                headers={"Retry-After": "1", "Content-Type": "application/problem+json"},
+                body='{"status": 429, "code": "rate_limited", "detail": "slow down"}',
+            )
+        else:
+            await route.continue_()
+
+    await page.route(lambda url: url.endswith("/orders"), limit_once)
+    await card.get_by_role("button", name=re.compile("^Buy")).click()
+    await expect(page.locator("#orders li[data-order-id]")).to_have_count(1)
+    (first_at, first_key), (second_at, second_key) = attempts
+    assert first_key == second_key
+    assert second_at - first_at >= 0.9  # it waited as asked, not less
+    assert [order["idempotency_key"] for order in await my_orders(client, token)] == [first_key]
+    assert errors == []
+
+
+async def test_client_helpers_back_off_with_jitter_read_retry_after_and_count_down(
+    context: BrowserContext, server: ServerProcess
+) -> None:
+    page, errors = await open_client(context, server.url)
+    found = await page.evaluate(
+        """async () => {
+            const { backoffMs } = await import("/stream.js");
+            const { retryAfterMs } = await import("/api.js");
+            const { countdown, shownStatus } = await import("/ui.js");
+            const headers = (value) => new Headers(value === null ? {} : { "Retry-After": value });
+            return {
+                lowest: [0, 1, 2, 3, 10].map((n) => backoffMs(n, () => 0)),
+                highest: [0, 1, 2, 3, 10].map((n) => backoffMs(n, () => 0.999999)),
+                retryAfter: [
+                    retryAfterMs(headers("2"), 7),
+                    retryAfterMs(headers(null), 7),
+                    retryAfterMs(headers("soon"), 7),
+                    retryAfterMs(headers("86400"), 7),
+                    retryAfterMs(headers(new Date(Date.now() + 60_000).toUTCString()), 7),
+                ],
+                countdowns: [countdown(65_000, 0), countdown(3_723_000, 0), countdown(0, 5_000),
+                             countdown(5 * 86_400_000, 0)],
+                statuses: [
+                    shownStatus({ status: "live" }, { available: 0 }),
+                    shownStatus({ status: "sold_out" }, { available: 1 }),
+                    shownStatus({ status: "scheduled" }, undefined),
+                ],
+            };
+        }"""
+    )
+    assert found["lowest"] == [250, 500, 1000, 2000, 15000]
+    assert found["highest"] == [750, 1500, 3000, 6000, 45000]
+    assert found["retryAfter"] == [2000, 7, 7, 30000, 30000]
+    assert found["countdowns"] == ["in 1:05", "in 1:02:03", "in 0:00", "in 5 days"]
+    assert found["statuses"] == ["sold_out", "live", "scheduled"]
     assert errors == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,40 @@ def test_the_offline_shell_holds_every_module_the_page_imports() -> None:
     assert imported, "no imports found: the pattern no longer matches the modules"
     assert imported <= listed, f"not cached for offline use: {sorted(imported - listed)}"
     assert "sw.js" not in listed
+
+
+class _Markup(HTMLParser):
+    """Inputs, the labels that point at them, and buttons with their text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[dict[str, str | None]] = []
+        self.labelled: set[str] = set()
+        self.live_regions: list[dict[str, str | None]] = []
+        self.lang: str | None = None
+        self.viewport = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "html":
+            self.lang = attributes.get("lang")
+        if tag == "meta" and attributes.get("name") == "viewport":
+            self.viewport = "width=device-width" in (attributes.get("content") or "")
+        if tag == "input":
+            self.inputs.append(attributes)
+        if tag == "label" and attributes.get("for"):
+            self.labelled.add(attributes["for"] or "")
+        if attributes.get("aria-live") or attributes.get("role") in {"status", "alert"}:
+            self.live_regions.append(attributes)
+
+
+def test_the_page_is_labelled_for_screen_readers_and_phones() -> None:
+    markup = _Markup()
+    markup.feed((WEB_ROOT / "index.html").read_text())
+    assert markup.lang == "en"
+    assert markup.viewport
+    assert markup.inputs
+    unlabelled = [field for field in markup.inputs if field.get("id") not in markup.labelled]
+    assert unlabelled == []
+    roles = {region.get("role") for region in markup.live_regions}
+    assert {"status", "alert"} <= roles
