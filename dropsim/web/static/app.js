@@ -98,10 +98,20 @@ async function refreshCatalog() {
 const watchedDrops = () =>
   [...view.drops.values()].filter((drop) => WATCHED.includes(drop.status)).map((drop) => drop.id).slice(0, 100);
 
+/** One drop with its product, creator and live stock, in one composed call. */
 async function refreshDrop(dropId) {
   try {
-    const { data: drop } = await get(`/v1/drops/${dropId}`);
-    await fetchProducts([drop]);
+    const { data: page } = await get(`/v1/drops/${encodeURIComponent(dropId)}/page`);
+    const { drop, product, creator, stock } = page;
+    if (product) {
+      view.products.set(product.id, product);
+      await store.save("products", product);
+    }
+    if (creator) {
+      view.creators.set(creator.id, creator);
+      await store.save("creators", creator);
+    }
+    if (stock) view.stock.set(drop.id, { drop_id: drop.id, ...stock });
     view.drops.set(drop.id, drop);
     await store.save("drops", drop);
     render();
@@ -137,6 +147,8 @@ async function addToInbox({ id, type, at, data }) {
   view.inbox.set(id, item);
   await store.save("inbox", item);
   if (at * 1000 >= bootedAt - 5000) {
+    // name the product in the alert, even for a drop this page has not seen yet
+    if (data.drop_id && !view.drops.has(data.drop_id)) await refreshDrop(data.drop_id);
     ui.announce(ui.describe(view, type, data), { urgent: type === "drop.went_live" });
   }
 }
