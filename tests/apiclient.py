@@ -55,9 +55,10 @@ async def make_drop(
     lasts: float = 3600,
     stock: int = 10,
     per_user_limit: int = 1,
+    product_name: str = "Hoodie",
 ) -> dict[str, Any]:
     """A product and a drop of it, starting `starts_in` seconds from now."""
-    product = await client.post("/v1/products", json={"name": "Hoodie"}, headers=bearer(token))
+    product = await client.post("/v1/products", json={"name": product_name}, headers=bearer(token))
     assert product.status_code == 201, product.text
     starts_at = datetime.now(UTC) + timedelta(seconds=starts_in)
     response = await client.post(
