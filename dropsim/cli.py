@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -433,7 +434,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for check in summary["budgets"]:
         style = {"pass": "green", "breach": "red"}.get(check["status"], "dim")
         table.add_row(
-            check["name"], check["limit"], check["actual"], f"[{style}]{check['status']}[/]"
+            escape(check["name"]),
+            escape(check["limit"]),
+            escape(check["actual"]),
+            f"[{style}]{check['status']}[/]",
         )
     console.print(table)
     orders, fanout = summary["orders"], summary["fanout"]
@@ -446,9 +450,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"fan-out lag p99 {fanout_text}   outcomes {outcomes}"
     )
     for reason in summary["invalid_reasons"]:
-        console.print(f"[yellow]invalid measurement:[/] {reason}")
+        console.print(f"[yellow]invalid measurement:[/] {escape(reason)}")
     for note in summary["notes"]:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     console.print(
         f"[bold {colour}]{summary['verdict'].replace('_', ' ').upper()}[/] "
         f"(exit code {summary['exit_code']})"

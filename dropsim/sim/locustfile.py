@@ -23,21 +23,23 @@ recorder = Recorder()
 SimUser.world = world
 SimUser.recorder = recorder
 
-# fixed counts make Locust spawn exactly the cast of the world; watchers first, so streams are
-# open before go-live
-CASTS: list[tuple[type[SimUser], int]] = [
-    (Watcher, len(world.watchers.tokens)),
-    (Buyer, len(world.buyers.tokens)),
-    (Viewer, len(world.viewers.tokens)),
-    (Follower, len(world.followers.tokens)),
-    (Bot, len(world.bots.tokens)),
-]
-for user_class, count in CASTS:
-    user_class.fixed_count = count
-    if count > 0:
-        globals()[user_class.__name__] = user_class
-    else:
-        globals().pop(user_class.__name__, None)
+
+def _cast(namespace: dict[str, Any]) -> None:
+    """Fixed counts make Locust spawn exactly the world's cast (watchers first, so streams are
+    open before go-live); classes without users leave the module, where Locust looks for them."""
+    for user_class, count in (
+        (Watcher, len(world.watchers.tokens)),
+        (Buyer, len(world.buyers.tokens)),
+        (Viewer, len(world.viewers.tokens)),
+        (Follower, len(world.followers.tokens)),
+        (Bot, len(world.bots.tokens)),
+    ):
+        user_class.fixed_count = count
+        if count == 0:
+            namespace.pop(user_class.__name__, None)
+
+
+_cast(globals())
 
 
 def _sample_cpu() -> None:
