@@ -60,7 +60,8 @@ def test_front_loaded_arrivals_come_mostly_early_and_are_seeded() -> None:
     assert offsets == plan_arrivals(1000, Arrival.FRONT_LOADED, 10.0, seed=1)
     assert offsets != plan_arrivals(1000, Arrival.FRONT_LOADED, 10.0, seed=2)
     uniform = sorted(plan_arrivals(100, Arrival.UNIFORM, 10.0, seed=1))
-    assert uniform[0] == pytest.approx(0.05) and uniform[-1] == pytest.approx(9.95)
+    assert uniform[0] == pytest.approx(0.05)
+    assert uniform[-1] == pytest.approx(9.95)
     assert max(plan_arrivals(100, Arrival.BURST, 10.0, seed=1)) < 0.1
 
 
@@ -101,4 +102,6 @@ def test_sse_parser_reads_frames_comments_and_the_publish_time() -> None:
     assert event.published_at() == 1800000000.25
     assert parser.feed("data: not json") is None
     plain = parser.feed("")
-    assert plain is not None and plain.type == "message" and plain.published_at() is None
+    assert plain is not None
+    assert plain.type == "message"
+    assert plain.published_at() is None
