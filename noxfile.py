@@ -1,6 +1,9 @@
-"""Developer and CI sessions: `nox` runs lint and tests; `nox -s bench` prints benchmark figures."""
+"""Developer and CI sessions: `nox` runs lint and tests; `nox -s budgets` runs every scenario's
+`ci` profile against its budgets; `nox -s bench` prints benchmark figures."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -30,3 +33,12 @@ def bench(session: nox.Session) -> None:
     """Benchmarks that print figures (never pass/fail on time)."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/seed_follows.py", *session.posargs)
+
+
+@nox.session
+def budgets(session: nox.Session) -> None:
+    """Every scenario's `ci` profile on embedded backends: fails on a breached budget, an invalid
+    measurement or a broken audit (reports in reports/<scenario>/<run>/)."""
+    session.install("-e", ".[test]")
+    for scenario in sorted(Path("scenarios").glob("*.toml")):
+        session.run("dropsim", "simulate", scenario.stem, "--profile", "ci", *session.posargs)
