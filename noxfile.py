@@ -33,6 +33,7 @@ def bench(session: nox.Session) -> None:
     """Benchmarks that print figures (never pass/fail on time)."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/seed_follows.py", *session.posargs)
+    session.run("python", "benchmarks/sse_fanout.py")
 
 
 @nox.session

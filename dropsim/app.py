@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from dropsim.accounts.api import accounts_router
 from dropsim.accounts.service import AccountService
 from dropsim.accounts.store import AccountStore
 from dropsim.backends import Backends
+from dropsim.background import BackgroundTask
 from dropsim.cache import Cache
 from dropsim.creators import store as catalog_tables
 from dropsim.creators.api import creators_router
@@ -35,6 +37,13 @@ from dropsim.gateway.auth import jwt_auth
 from dropsim.gateway.problems import EXCEPTION_HANDLERS
 from dropsim.gateway.tokens import TokenIssuer
 from dropsim.health import live, ready
+from dropsim.notifications.api import notifications_router
+from dropsim.notifications.feed import EventFeed
+from dropsim.notifications.heartbeat import Heartbeat
+from dropsim.notifications.hub import Hub
+from dropsim.notifications.service import NotificationService, StreamLimits
+from dropsim.notifications.stock import StockUpdates
+from dropsim.notifications.tickets import StreamTickets
 from dropsim.orders import store as order_tables
 from dropsim.orders.api import orders_router
 from dropsim.orders.audit import Auditor
@@ -46,6 +55,7 @@ from dropsim.orders.service import OrderService
 from dropsim.orders.store import OrderStore
 from dropsim.payments import store as payment_tables
 from dropsim.payments.api import payments_router
+from dropsim.payments.housekeeping import CallbackPruner
 from dropsim.payments.provider import EmbeddedProvider, provider_config
 from dropsim.payments.service import PaymentService
 from dropsim.payments.store import PaymentStore
@@ -56,6 +66,11 @@ from dropsim.settings import Settings, load_settings
 from dropsim.web import web_router
 
 logger = logging.getLogger("dropsim")
+
+CALLBACK_PRUNE_INTERVAL_SECONDS = 3600.0
+
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations between young-generation collections in a server process (CPython's is 700)."""
 
 MIGRATIONS: tuple[Migration, ...] = (
     *account_tables.MIGRATIONS,
@@ -80,6 +95,9 @@ class Services:
     reconciler: Reconciler
     auditor: Auditor
     payments: PaymentService
+    notifications: NotificationService
+    hub: Hub
+    stock_updates: StockUpdates
 
     async def close(self) -> None:
         await self.payments.close()
@@ -121,6 +139,17 @@ def build_services(
     orders.connect_payments(payments)
     reconciler.connect_payments(payments)
     auditor = Auditor(order_store, inventory, creators, payments)
+    hub = Hub()
+    stock_updates = StockUpdates(hub, orders.stock, interval_seconds=settings.stock_update_seconds)
+    notifications = NotificationService(
+        hub,
+        StreamTickets(backends.kv),
+        events,
+        stock_updates,
+        follows,
+        creators,
+        StreamLimits(max_connections=settings.sse_max_connections, retry_ms=settings.sse_retry_ms),
+    )
     return Services(
         accounts=accounts,
         creators=creators,
@@ -132,6 +161,9 @@ def build_services(
         reconciler=reconciler,
         auditor=auditor,
         payments=payments,
+        notifications=notifications,
+        hub=hub,
+        stock_updates=stock_updates,
     )
 
 
@@ -153,15 +185,32 @@ def _lifespan(settings: Settings) -> Any:
             await services.reconciler.reconcile(only_missing=True)
             clock = DropClock(services.creators, poll_seconds=settings.scheduler_poll_seconds)
             reaper = Reaper(services.orders, interval_seconds=settings.reaper_interval_seconds)
+            # streams get what is published from now on; earlier events are replayed on request
+            services.hub.position = await services.events.last_id()
+            feed = EventFeed(services.events, services.hub, services.stock_updates)
+            heartbeat = Heartbeat(services.hub, interval_seconds=settings.sse_heartbeat_seconds)
+            pruner = CallbackPruner(
+                services.payments,
+                retention_seconds=settings.payment_callback_retention_seconds,
+                interval_seconds=CALLBACK_PRUNE_INTERVAL_SECONDS,
+            )
             app.state.backends = backends
             app.state.services = services
-            clock.start()
-            reaper.start()
+            background: tuple[BackgroundTask, ...] = (
+                clock,
+                reaper,
+                feed,
+                services.stock_updates,
+                heartbeat,
+                pruner,
+            )
+            for task in background:
+                task.start()
             try:
                 yield
             finally:
-                await reaper.stop()
-                await clock.stop()
+                for task in reversed(background):
+                    await task.stop()
                 await services.close()
         finally:
             if provider is not None:
@@ -208,6 +257,10 @@ def _provide_payments(state: State) -> PaymentService:
     return _services(state).payments
 
 
+def _provide_notifications(state: State) -> NotificationService:
+    return _services(state).notifications
+
+
 def _provide_tokens(state: State) -> TokenIssuer:
     return _services(state).tokens
 
@@ -222,6 +275,7 @@ DEPENDENCIES = {
     "reconciler": Provide(_provide_reconciler, sync_to_thread=False),
     "auditor": Provide(_provide_auditor, sync_to_thread=False),
     "payment_service": Provide(_provide_payments, sync_to_thread=False),
+    "notification_service": Provide(_provide_notifications, sync_to_thread=False),
 }
 
 
@@ -243,6 +297,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             seeding_router(),
             orders_router(),
             payments_router(),
+            notifications_router(),
             web_router(),
         ],
         middleware=[metrics.middleware],
@@ -263,4 +318,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 def app_from_environment() -> Litestar:
     """Factory for `uvicorn --factory` (and `dropsim serve` workers): settings from DROPSIM_*."""
+    keep_collector_out_of_the_way()
     return create_app(load_settings())
+
+
+def keep_collector_out_of_the_way() -> None:
+    """GC settings for a server process: a full collection walks every live object, and with
+    thousands of open streams that is a pause of hundreds of milliseconds in the middle of a
+    broadcast. Objects made at start-up are frozen out of collection, and collections of the
+    young generation run less often (request garbage is mostly freed by reference counting)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)

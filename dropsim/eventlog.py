@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import cast
 
 import msgspec
@@ -11,6 +12,22 @@ from dropsim.events import Envelope, Event
 from dropsim.ports import KeyValueStore
 
 STREAM = "events"
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """An event as the log holds it, its data still serialised (a stream encodes it once)."""
+
+    id: str
+    type: str
+    at: float
+    data_json: str
+
+
+def id_key(event_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair; ValueError if it is not one (`<ms>-<seq>`)."""
+    millis, _, sequence = event_id.partition("-")
+    return int(millis), int(sequence or 0)
 
 
 class EventLog:
@@ -43,6 +60,38 @@ class EventLog:
             await self._kv.xrange(self._stream, min=f"({after_id}", count=count),
         )
         return [_envelope(entry_id, fields) for entry_id, fields in entries]
+
+    async def entries_after(self, after_id: str, count: int = 1000) -> list[LogEntry]:
+        """Like `read_after`, with the data left serialised."""
+        entries = cast(
+            "list[tuple[str, dict[str, str]]]",
+            await self._kv.xrange(self._stream, min=f"({after_id}", count=count),
+        )
+        return [_entry(entry_id, fields) for entry_id, fields in entries]
+
+    async def wait_after(self, after_id: str, block_ms: int, count: int = 1000) -> list[LogEntry]:
+        """Entries after `after_id`, waiting up to `block_ms` for one to arrive (XREAD BLOCK)."""
+        reply = cast(
+            "list[tuple[str, list[tuple[str, dict[str, str]]]]] | None",
+            await self._kv.xread({self._stream: after_id}, count=count, block=block_ms),
+        )
+        if not reply:
+            return []
+        return [_entry(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+    async def first_id(self) -> str | None:
+        """Id of the oldest event still held (older ones were trimmed), None if the log is empty."""
+        oldest = cast("list[tuple[str, object]]", await self._kv.xrange(self._stream, count=1))
+        return oldest[0][0] if oldest else None
+
+    async def last_id(self) -> str:
+        """Id of the newest event, "0-0" when there is none."""
+        newest = cast("list[tuple[str, object]]", await self._kv.xrevrange(self._stream, count=1))
+        return newest[0][0] if newest else "0-0"
+
+
+def _entry(entry_id: str, fields: dict[str, str]) -> LogEntry:
+    return LogEntry(entry_id, fields["type"], float(fields["at"]), fields["data"])
 
 
 def _envelope(entry_id: str, fields: dict[str, str]) -> Envelope:

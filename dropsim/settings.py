@@ -41,7 +41,15 @@ class Settings(BaseSettings):
     scheduler_poll_seconds: float = Field(default=0.5, gt=0, le=10)
     """Longest the drop clock sleeps before looking for transitions made by other processes."""
     event_log_max_len: int = Field(default=100_000, ge=100)
-    """Approximate cap of the event log (a Redis stream)."""
+    """Approximate cap of the event log (a Redis stream): how far back a stream can resume."""
+    sse_max_connections: int = Field(default=10_000, ge=1)
+    """Event streams one process holds; more get 503 with a jittered Retry-After."""
+    sse_retry_ms: int = Field(default=3000, ge=100, le=600_000)
+    """The `retry:` advice sent to stream clients (jittered +-25 %)."""
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    """How often an idle stream gets a heartbeat comment."""
+    stock_update_seconds: float = Field(default=0.25, gt=0, le=10)
+    """Coalescing window of stock updates: each watched drop gets at most one per window."""
     public_url: str = "http://127.0.0.1:8000"
     """Where this server is reachable (the payment provider sends its callbacks here)."""
     reservation_hold_seconds: float = Field(default=60.0, gt=0, le=3600)
@@ -55,6 +63,9 @@ class Settings(BaseSettings):
     `<data_dir>/payment-secret`."""
     payment_timeout_seconds: float = Field(default=20.0, gt=0, le=3600)
     """How long a payment waits for the provider's final callback before it is timed out."""
+    payment_callback_retention_seconds: float = Field(default=7 * 86_400, ge=3600)
+    """How long a provider event id is remembered against replays (longer than the provider
+    redelivers: 3 days for Stripe)."""
     provider_latency_median_ms: float = Field(default=150.0, gt=0)
     """Simulated provider: median time from charge request to callback."""
     provider_latency_p99_ms: float = Field(default=1200.0, gt=0)
@@ -97,6 +108,17 @@ class Settings(BaseSettings):
     def _provider_latency_order(self) -> Settings:
         if self.provider_latency_p99_ms < self.provider_latency_median_ms:
             raise ValueError("provider_latency_p99_ms must not be below provider_latency_median_ms")
+        return self
+
+    @model_validator(mode="after")
+    def _payment_ends_before_its_hold(self) -> Settings:
+        # a charge still pending when its unit's hold lapses loses the unit: its late success
+        # can only be refunded, so a timeout past the hold turns slow payments into refunds
+        if self.payment_timeout_seconds > self.reservation_hold_seconds:
+            raise ValueError(
+                "payment_timeout_seconds must not exceed reservation_hold_seconds "
+                f"({self.payment_timeout_seconds} > {self.reservation_hold_seconds})"
+            )
         return self
 
     @property

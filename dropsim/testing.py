@@ -87,6 +87,13 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"server not ready after {timeout}s:\n{self.output()}")
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (for reading its memory, say)."""
+        if self._process is None:
+            raise RuntimeError("the server has not been started")
+        return self._process.pid
+
     def output(self) -> str:
         """What the server printed so far."""
         self._log.seek(0)

@@ -561,3 +561,14 @@ async def test_close_cancels_the_work_in_flight(make_rig: MakeRig) -> None:
     assert rig.service._tasks == set()
     assert await rig.status(an_order(key="after-close")) is None
     assert rig.settle.calls == []
+
+
+async def test_callback_ids_are_forgotten_only_past_the_retention(store: PaymentStore) -> None:
+    now = time.time()
+    for n in range(6):
+        assert await store.claim_callback(f"evt_old{n}", now - 8 * 86_400)
+    assert await store.claim_callback("evt_recent", now - 60)
+    assert await store.prune_callbacks(now - 7 * 86_400) == 6
+    # a pruned id is new again; a recent one is still refused as a replay
+    assert await store.claim_callback("evt_old0", now)
+    assert not await store.claim_callback("evt_recent", now)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -229,6 +229,12 @@ class CreatorService:
         return await self._store.drops(
             after=after, limit=limit, status=status, creator_id=creator_id
         )
+
+    async def started_drops(
+        self, creator_ids: Sequence[str], *, before: float, limit: int
+    ) -> list[Drop]:
+        """Drops of these creators that have gone live, newest start first (for inboxes)."""
+        return await self._store.started_drops(creator_ids, before, limit)
 
     async def reschedule_drop(
         self,

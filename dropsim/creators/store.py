@@ -189,6 +189,27 @@ class CatalogStore:
         )
         return [_drop(row) for row in rows]
 
+    async def started_drops(
+        self, creator_ids: Sequence[str], before: float, limit: int
+    ) -> list[Drop]:
+        """Drops of these creators that went live (live, sold out or ended since), newest first."""
+        if not creator_ids:
+            return []
+        marks = ", ".join("?" * len(creator_ids))
+        rows = await self._q.fetch_all(
+            f"SELECT {_DROP_COLUMNS} FROM drops WHERE creator_id IN ({marks}) "
+            "AND status IN (?, ?, ?) AND starts_at < ? ORDER BY starts_at DESC, id LIMIT ?",
+            (
+                *creator_ids,
+                DropStatus.LIVE.value,
+                DropStatus.SOLD_OUT.value,
+                DropStatus.ENDED.value,
+                before,
+                limit,
+            ),
+        )
+        return [_drop(row) for row in rows]
+
     async def update_scheduled_drop(self, drop: Drop, now: float) -> bool:
         """Rewrite a drop's terms; False if it is no longer scheduled (the clock won the race)."""
         changed = await self._q.execute(

@@ -27,7 +27,7 @@ from dropsim.gateway.tokens import Principal
 from dropsim.ids import new_id
 from dropsim.orders import idempotency
 from dropsim.orders.idempotency import IdempotencyRecords
-from dropsim.orders.inventory import Inventory, Reserved
+from dropsim.orders.inventory import Counters, Inventory, Reserved
 from dropsim.orders.models import Order, OrderStatus, Rejection
 from dropsim.orders.reconcile import Reconciler
 from dropsim.orders.store import OrderStore
@@ -266,6 +266,10 @@ class OrderService:
 
     async def orders(self, principal: Principal, after: str, limit: int) -> list[Order]:
         return await self._store.orders_of_user(principal.user_id, after, limit)
+
+    async def stock(self, drop_id: str) -> Counters | None:
+        """The drop's live counters from the inventory (never cached); None before it is live."""
+        return await self._inventory.counters(drop_id)
 
     # settling
     async def settle(

@@ -423,6 +423,11 @@ class PaymentService:
         await self._refund(charge_id)
 
     # audit
+    async def prune_callbacks(self, older_than_seconds: float) -> int:
+        """Forget provider event ids older than the provider's redelivery window (the replay
+        guard only has to outlive the redeliveries)."""
+        return await self._store.prune_callbacks(time.time() - older_than_seconds)
+
     async def payments_of_drop(self, drop_id: str) -> list[Payment]:
         """Every payment of a drop, from every shard."""
         return await self._store.payments_of_drop(drop_id)

@@ -23,6 +23,13 @@ MIGRATIONS = (
             "received_at DOUBLE PRECISION NOT NULL)",
         ),
     ),
+    Migration(
+        "payments-002",
+        (
+            "CREATE INDEX IF NOT EXISTS payment_callbacks_by_time "
+            "ON payment_callbacks (received_at)",
+        ),
+    ),
 )
 
 _COLUMNS = (
@@ -124,6 +131,18 @@ class PaymentStore:
         await self._db.shard(self._db.shard_of(event_id)).execute(
             "DELETE FROM payment_callbacks WHERE event_id = ?", (event_id,)
         )
+
+    async def prune_callbacks(self, received_before: float) -> int:
+        """Forget provider events received before `received_before`; return how many."""
+        pruned = await asyncio.gather(
+            *(
+                self._db.shard(index).execute(
+                    "DELETE FROM payment_callbacks WHERE received_at < ?", (received_before,)
+                )
+                for index in range(self._db.shard_count)
+            )
+        )
+        return sum(pruned)
 
     async def payments_of_drop(self, drop_id: str) -> list[Payment]:
         """Every payment for a drop, from every shard."""
