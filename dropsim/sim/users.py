@@ -201,12 +201,14 @@ class Watcher(SimUser):
         target = urlsplit(self.world.url)
         connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port)
         try:
+            # "stream" times the connection: request sent -> response headers received
+            opened = time.time()
             connection.request("GET", path, headers={"Accept": "text/event-stream"})
             response = connection.getresponse()
+            outcome = Outcome.OK if response.status == 200 else classify(response.status)
+            self.recorder.request("stream", opened, time.time() - opened, outcome)
             if response.status != 200:
-                self.recorder.request("stream", time.time(), 0.0, classify(response.status))
                 return
-            self.recorder.request("stream", time.time(), 0.0, Outcome.OK)
             parser = EventParser()
             while time.time() < self.world.ends_at:
                 line = response.readline()
