@@ -153,3 +153,10 @@ def test_a_regression_against_the_baseline_breaches_a_passing_run(tmp_path: Path
     assert regressions
     assert compared["verdict"] == "breach"
     assert compared["exit_code"] == budgets.EXIT_BREACH
+
+
+def test_an_interrupted_run_is_invalid_not_an_audit_failure(tmp_path: Path) -> None:
+    write_run(tmp_path, scenario(), [buyer_recorder()], None, interrupted=True)
+    summary = build_summary(tmp_path)
+    assert summary["verdict"] == "invalid"
+    assert summary["invalid_reasons"][0] == "the run was interrupted"

@@ -9,6 +9,7 @@ import json
 import math
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -84,8 +85,23 @@ def new_run_dir(reports_dir: Path, scenario: str) -> Path:
     return path
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def simulate(scenario: Scenario, target: Target, options: Options, console: Console) -> Path:
-    """Run `scenario` once; return its run directory (with run.json and the load records)."""
+    """Run `scenario` once; return its run directory (with run.json and the load records).
+
+    Ctrl-C or SIGTERM stop every process the run started before the error propagates.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _simulate(scenario, target, options, console)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _simulate(scenario: Scenario, target: Target, options: Options, console: Console) -> Path:
     run_dir = new_run_dir(options.reports_dir, scenario.name)
     children = Children()
     log = RunLog()

@@ -233,7 +233,9 @@ def build_summary(run_dir: Path, baseline: dict[str, Any] | None = None) -> dict
     checks, invalid, verdict = budgets.evaluate(summary, scenario.budgets, scenario.measurement)
     if run.get("interrupted"):
         invalid = ["the run was interrupted", *invalid]
-        verdict = "audit_failed" if verdict == "audit_failed" else "invalid"
+        # an audit that found something still fails the run; one that never ran says nothing
+        broken = verdict == "audit_failed" and run.get("audit") is not None
+        verdict = "audit_failed" if broken else "invalid"
     if baseline is not None:
         regressions = budgets.compare(summary, baseline)
         checks += regressions
