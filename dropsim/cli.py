@@ -385,6 +385,12 @@ def simulate(
     baseline: Annotated[
         Path | None, typer.Option(help="an earlier summary.json to compare with")
     ] = None,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            min=1, max=20, help="run N times; --baseline then tests all their samples together"
+        ),
+    ] = 1,
     reports_dir: Annotated[Path, typer.Option(help="where run directories go")] = Path("reports"),
 ) -> None:
     from dropsim.sim.orchestrator import Options, Target
@@ -397,9 +403,12 @@ def simulate(
     options = Options(
         reports_dir=reports_dir, load_workers=load_workers, web=web, web_port=web_port
     )
-    console.print(f"[bold]dropsim simulate {chosen.name}[/] (profile {chosen.profile})")
-    run_dir = run_simulation(chosen, target, options, console)
-    raise typer.Exit(_finish_report(run_dir, previous))
+    run_dirs = []
+    for number in range(1, repeat + 1):
+        of = f", run {number} of {repeat}" if repeat > 1 else ""
+        console.print(f"[bold]dropsim simulate {chosen.name}[/] (profile {chosen.profile}{of})")
+        run_dirs.append(run_simulation(chosen, target, options, console))
+    raise typer.Exit(_finish_report(run_dirs, previous))
 
 
 def _read_baseline(path: Path | None) -> dict[str, Any] | None:
@@ -412,14 +421,26 @@ def _read_baseline(path: Path | None) -> dict[str, Any] | None:
     return baseline
 
 
-def _finish_report(run_dir: Path, baseline: dict[str, Any] | None) -> int:
-    """Summarise, render and print the run in `run_dir`; its exit code."""
+def _finish_report(run_dirs: list[Path], baseline: dict[str, Any] | None) -> int:
+    """Summarise and render each run, print the last (with every repeat's samples pooled into
+    it); the exit code of the worst run, or of a significant regression against `baseline`."""
     from dropsim.sim.report import render_report
-    from dropsim.sim.summary import build_summary, write_summary
+    from dropsim.sim.summary import (
+        build_summary,
+        compare_with_baseline,
+        pool_repeats,
+        write_summary,
+    )
 
-    summary = build_summary(run_dir, baseline)
-    write_summary(run_dir, summary)
-    report = render_report(run_dir, summary)
+    summaries = [build_summary(run_dir) for run_dir in run_dirs]
+    for run_dir, summary in zip(run_dirs[:-1], summaries, strict=False):
+        write_summary(run_dir, summary)
+        render_report(run_dir, summary)
+    summary = pool_repeats(summaries) if len(summaries) > 1 else summaries[-1]
+    if baseline is not None:
+        compare_with_baseline(summary, baseline)
+    write_summary(run_dirs[-1], summary)
+    report = render_report(run_dirs[-1], summary)
     _print_summary(summary)
     console.print(f"report: [cyan]{report}[/]")
     code: int = summary["exit_code"]
@@ -480,7 +501,7 @@ def report(
     """Re-render a run's report and summaries, print the summary; exit code as `simulate`."""
     if not (run / "run.json").is_file():
         raise ConfigurationError(f"{run} is not a run directory (no run.json)")
-    raise typer.Exit(_finish_report(run, _read_baseline(baseline)))
+    raise typer.Exit(_finish_report([run], _read_baseline(baseline)))
 
 
 @app.command()

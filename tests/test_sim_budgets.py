@@ -7,7 +7,7 @@ import random
 from pathlib import Path
 
 from dropsim.sim import budgets
-from dropsim.sim.summary import build_summary
+from dropsim.sim.summary import build_summary, pool_repeats
 from tests.simrun import audit_report, buyer_recorder, scenario, write_run
 
 
@@ -160,3 +160,20 @@ def test_an_interrupted_run_is_invalid_not_an_audit_failure(tmp_path: Path) -> N
     summary = build_summary(tmp_path)
     assert summary["verdict"] == "invalid"
     assert summary["invalid_reasons"][0] == "the run was interrupted"
+
+
+def test_repeats_pool_their_samples_and_keep_the_worst_verdict(tmp_path: Path) -> None:
+    chosen = scenario(world={"followers": 200}, load={"rush": {"buyers": 200}})
+    first = write_run(
+        tmp_path / "1", chosen, [buyer_recorder(buyers=200, over_s=10)], audit_report()
+    )
+    second = write_run(
+        tmp_path / "2", chosen, [buyer_recorder(buyers=200, over_s=10, late=50)], audit_report()
+    )
+    summaries = [build_summary(first), build_summary(second)]
+    alone = len(summaries[1]["samples"]["p99_ms"]["order"])
+    pooled = pool_repeats(summaries)
+    assert len(pooled["samples"]["p99_ms"]["order"]) == 2 * alone
+    assert [repeat["verdict"] for repeat in pooled["repeats"]] == ["pass", "invalid"]
+    assert pooled["verdict"] == "invalid"
+    assert pooled["exit_code"] == budgets.EXIT_INVALID

@@ -236,17 +236,53 @@ def build_summary(run_dir: Path, baseline: dict[str, Any] | None = None) -> dict
         # an audit that found something still fails the run; one that never ran says nothing
         broken = verdict == "audit_failed" and run.get("audit") is not None
         verdict = "audit_failed" if broken else "invalid"
-    if baseline is not None:
-        regressions = budgets.compare(summary, baseline)
-        checks += regressions
-        if verdict == "pass" and any(check.status == "breach" for check in regressions):
-            verdict = "breach"
-        summary["baseline"] = baseline.get("run_id")
     summary["budgets"] = [check.as_dict() for check in checks]
     summary["invalid_reasons"] = invalid
     summary["verdict"] = verdict
     summary["exit_code"] = budgets.EXIT_CODES[verdict]
+    if baseline is not None:
+        compare_with_baseline(summary, baseline)
     return summary
+
+
+def compare_with_baseline(summary: dict[str, Any], baseline: dict[str, Any]) -> None:
+    """Add the regression checks against `baseline`; a significant regression makes a passing
+    run a breach."""
+    regressions = budgets.compare(summary, baseline)
+    summary["budgets"] += [check.as_dict() for check in regressions]
+    summary["baseline"] = baseline.get("run_id")
+    if summary["verdict"] == "pass" and any(check.status == "breach" for check in regressions):
+        summary["verdict"] = "breach"
+        summary["exit_code"] = budgets.EXIT_CODES["breach"]
+
+
+SEVERITY = ("pass", "breach", "invalid", "audit_failed")
+
+
+def pool_repeats(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last of several runs of one scenario, carrying every run's per-second samples (so a
+    baseline comparison sees all repeats) and the worst verdict among them."""
+    last = summaries[-1]
+    last["samples"] = {
+        "p99_ms": {
+            name: [
+                value
+                for summary in summaries
+                for value in summary["samples"]["p99_ms"].get(name, [])
+            ]
+            for name in {name for summary in summaries for name in summary["samples"]["p99_ms"]}
+        },
+        "orders_per_second": [
+            value for summary in summaries for value in summary["samples"]["orders_per_second"]
+        ],
+    }
+    last["repeats"] = [
+        {"run_id": summary["run_id"], "verdict": summary["verdict"]} for summary in summaries
+    ]
+    worst = max((summary["verdict"] for summary in summaries), key=SEVERITY.index)
+    last["verdict"] = worst
+    last["exit_code"] = budgets.EXIT_CODES[worst]
+    return last
 
 
 def _fmt(value: float | None) -> str:
