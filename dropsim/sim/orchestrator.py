@@ -12,7 +12,6 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,14 +21,12 @@ import httpx
 import psutil
 from rich.console import Console
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dropsim.accounts.models import Role
-from dropsim.errors import ConfigurationError
 from dropsim.gateway.tokens import TokenIssuer
-from dropsim.seeding import fan_id
 from dropsim.settings import Settings, load_settings
+from dropsim.sim.faults import apply_fault, fault_steps
 from dropsim.sim.metadata import run_metadata
 from dropsim.sim.processes import (
     Child,
@@ -40,12 +37,11 @@ from dropsim.sim.processes import (
     start_server,
 )
 from dropsim.sim.scenario import Scenario
-from dropsim.sim.world import WORLD_ENV, Cast, World, plan_arrivals
+from dropsim.sim.staging import TOKEN_TTL_S, bearer, schedule_drop, seed_world
+from dropsim.sim.world import WORLD_ENV, World
 
 SAMPLE_EVERY_S = 0.5
 SETTLE_WITHIN_S = 30.0
-SEED_BATCH = 20_000
-TOKEN_TTL_S = 6 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +117,9 @@ def _simulate(scenario: Scenario, target: Target, options: Options, console: Con
         url, server, provider_url = _start(scenario, target, settings, children, run_dir, log)
         run["metadata"]["server_url"] = url
         admin = TokenIssuer(settings.signing_secret(), TOKEN_TTL_S).issue("sim-admin", Role.ADMIN)
-        with httpx.Client(base_url=url, timeout=120, headers=_bearer(admin)) as api:
-            creator_id = _seed(api, scenario, console)
-            world = _schedule(api, scenario, settings, creator_id, url, run_dir)
+        with httpx.Client(base_url=url, timeout=120, headers=bearer(admin)) as api:
+            creator_id = seed_world(api, scenario, console)
+            world = schedule_drop(api, scenario, settings, creator_id, url, run_dir)
             run.update(drop_id=world.drop_id, go_live_at=world.go_live_at, ends_at=world.ends_at)
             locust = _start_locust(scenario, world, options, children, run_dir, url, console)
             run["load_started_at"] = time.time()
@@ -194,126 +190,6 @@ def _start(
     return url, server, provider_url
 
 
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _call(api: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
-    response = api.request(method, path, **kwargs)
-    if response.status_code >= 400:
-        raise ConfigurationError(
-            f"server refused {method} {path}: {response.status_code} {response.text[:300]}"
-        )
-    return response.json()
-
-
-def _seed(api: httpx.Client, scenario: Scenario, console: Console) -> str:
-    """The celebrity and their followers (idempotent: a real backend keeps them across runs)."""
-    world = scenario.world
-    creator_id = str(
-        _call(
-            api,
-            "POST",
-            "/v1/admin/seed/creators",
-            json={"handle": world.celebrity, "display_name": world.celebrity.capitalize()},
-        )["creator_id"]
-    )
-    with Progress(
-        TextColumn("seeding @{task.fields[handle]} followers"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("seed", total=world.followers, handle=world.celebrity)
-        for start in range(0, world.followers, SEED_BATCH):
-            count = min(SEED_BATCH, world.followers - start)
-            _call(
-                api,
-                "POST",
-                "/v1/admin/seed/followers",
-                json={"creator_id": creator_id, "start": start, "count": count},
-            )
-            progress.update(task, completed=start + count)
-    console.print(f"seeded @{world.celebrity} with {world.followers:,} followers")
-    return creator_id
-
-
-def _schedule(
-    api: httpx.Client,
-    scenario: Scenario,
-    settings: Settings,
-    creator_id: str,
-    url: str,
-    run_dir: Path,
-) -> World:
-    """Schedule the drop and write the world file the load processes read."""
-    issuer = TokenIssuer(settings.signing_secret(), TOKEN_TTL_S)
-    creator = _bearer(issuer.issue(creator_id, Role.CREATOR))
-    plan = scenario.drop
-    product = _call(
-        api, "POST", "/v1/products", json={"name": f"{scenario.name} drop"}, headers=creator
-    )
-    go_live_at = time.time() + plan.go_live_after_seconds
-    starts = datetime.fromtimestamp(go_live_at, UTC)
-    ends = datetime.fromtimestamp(go_live_at + plan.open_seconds, UTC)
-    drop = _call(
-        api,
-        "POST",
-        "/v1/drops",
-        headers=creator,
-        json={
-            "product_id": product["id"],
-            "stock": plan.stock,
-            "price_cents": plan.price_cents,
-            "per_user_limit": plan.per_user_limit,
-            "starts_at": starts.isoformat(),
-            "ends_at": ends.isoformat(),
-        },
-    )
-    go_live_at = datetime.fromisoformat(drop["starts_at"]).timestamp()
-    load = scenario.load
-    handle, fans = scenario.world.celebrity, scenario.world.followers
-
-    def tokens(user_ids: list[str]) -> list[str]:
-        return [issuer.issue(user_id, Role.BUYER) for user_id in user_ids]
-
-    # viewers and followers are taken from the end of the follower list, away from the buyers
-    tail = [fan_id(handle, fans - 1 - index) for index in range(load.viewers.count)]
-    togglers = [
-        fan_id(handle, fans - 1 - load.viewers.count - index)
-        for index in range(load.followers.count)
-    ]
-    world = World(
-        url=url,
-        drop_id=drop["id"],
-        creator_id=creator_id,
-        go_live_at=go_live_at,
-        ends_at=go_live_at + load.duration_seconds,
-        record_dir=str(run_dir / "load"),
-        claims_dir=str(run_dir / "claims"),
-        buyers=Cast(tokens([fan_id(handle, index) for index in range(load.rush.buyers)])),
-        arrivals_s=plan_arrivals(
-            load.rush.buyers, load.rush.arrival, load.rush.over_seconds, scenario.seed
-        ),
-        quantity=load.rush.quantity,
-        replay_rate=load.rush.replay_rate,
-        late_arrival_s=scenario.measurement.late_arrival_ms / 1000,
-        order_timeout_s=load.duration_seconds,
-        watchers=Cast(tokens([fan_id(handle, index) for index in range(load.watchers.count)])),
-        viewers=Cast(tokens(tail), load.viewers.interval_seconds),
-        followers=Cast(tokens(togglers), load.followers.interval_seconds),
-        bots=Cast(
-            tokens([f"usr_sim-bot{index}" for index in range(load.bots.count)]),
-            load.bots.interval_seconds,
-        ),
-        seed=scenario.seed,
-    )
-    world.write(run_dir / "world.json")
-    return world
-
-
 def _start_locust(
     scenario: Scenario,
     world: World,
@@ -364,7 +240,7 @@ def _watch(
     options: Options,
 ) -> None:
     """Until the load ends: sample stock and server CPU, apply faults, show a live summary."""
-    pending = sorted(_fault_steps(scenario, world.go_live_at), key=lambda step: step[0])
+    pending = sorted(fault_steps(scenario, world.go_live_at), key=lambda step: step[0])
     server_process = psutil.Process(server.process.pid) if server is not None else None
     if server_process is not None:
         server_process.cpu_percent(None)
@@ -374,7 +250,7 @@ def _watch(
             now = time.time()
             while pending and pending[0][0] <= now:
                 _, description, change = pending.pop(0)
-                _apply_fault(provider_url, change, description, log)
+                _apply(provider_url, change, description, log)
             audit = _audit(api, world.drop_id)
             if audit is not None:
                 log.stock.append((now, audit["available"], audit["reserved"], audit["sold"]))
@@ -385,37 +261,19 @@ def _watch(
             time.sleep(SAMPLE_EVERY_S)
     for _, description, change in pending:  # the load ended first: leave the provider healthy
         if description.startswith("end"):
-            _apply_fault(provider_url, change, description, log)
+            _apply(provider_url, change, description, log)
 
 
-def _fault_steps(
-    scenario: Scenario, go_live_at: float
-) -> Iterator[tuple[float, str, dict[str, float]]]:
-    baseline = scenario.payments
-    for fault in scenario.faults:
-        changes = fault.changes()
-        restore = {name: float(getattr(baseline, name)) for name in changes}
-        if "latency_median_ms" in changes or "latency_p99_ms" in changes:
-            # the provider refuses p99 < median: always send both
-            for name in ("latency_median_ms", "latency_p99_ms"):
-                changes.setdefault(name, float(getattr(baseline, name)))
-                restore[name] = float(getattr(baseline, name))
-        start = go_live_at + fault.at_seconds
-        text = ", ".join(f"{name}={value:g}" for name, value in changes.items())
-        yield start, f"start payments fault: {text}", changes
-        yield start + fault.duration_seconds, "end payments fault", restore
-
-
-def _apply_fault(
+def _apply(
     provider_url: str | None, change: dict[str, float], description: str, log: RunLog
 ) -> None:
     if provider_url is None:
         return
-    response = httpx.put(f"{provider_url}/v1/simulation/behaviour", json=change, timeout=5)
-    if response.status_code != 200:
-        log.notes.append(f"fault not applied ({description}): {response.text[:200]}")
-        return
-    log.faults.append((time.time(), description))
+    failure = apply_fault(provider_url, change)
+    if failure is None:
+        log.faults.append((time.time(), description))
+    else:
+        log.notes.append(f"fault not applied ({description}): {failure}")
 
 
 def _audit(api: httpx.Client, drop_id: str) -> dict[str, Any] | None:
