@@ -37,7 +37,11 @@ class Outcome(StrEnum):
     """5xx, timeouts, resets, unexpected statuses: errors."""
 
 
-EXPECTED_REFUSALS = frozenset({"sold_out", "limit_reached", "drop_not_live"})
+EXPECTED_REFUSALS = frozenset(
+    {"sold_out", "limit_reached", "drop_not_live", "idempotency_key_in_flight"}
+)
+"""Answers the protocol promises: business refusals, and "still running" to a retried key (the
+timeout that caused the retry was already counted as a failure)."""
 
 
 def classify(status: int, code: str | None = None) -> Outcome:
