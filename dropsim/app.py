@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from litestar import Litestar
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusConfig
 
 from dropsim import __version__
 from dropsim.accounts import store as account_tables
@@ -34,9 +35,12 @@ from dropsim.follows import store as follow_tables
 from dropsim.follows.api import follows_router
 from dropsim.follows.service import FollowService
 from dropsim.gateway.auth import jwt_auth
+from dropsim.gateway.composition import DropPageComposer
+from dropsim.gateway.composition_api import composition_router
 from dropsim.gateway.problems import EXCEPTION_HANDLERS
 from dropsim.gateway.tokens import TokenIssuer
 from dropsim.health import live, ready
+from dropsim.metrics_api import forget_this_worker, metrics
 from dropsim.notifications.api import notifications_router
 from dropsim.notifications.feed import EventFeed
 from dropsim.notifications.heartbeat import Heartbeat
@@ -52,6 +56,7 @@ from dropsim.orders.inventory import Inventory
 from dropsim.orders.reaper import Reaper
 from dropsim.orders.reconcile import Reconciler
 from dropsim.orders.service import OrderService
+from dropsim.orders.stock_gauges import StockGauges
 from dropsim.orders.store import OrderStore
 from dropsim.payments import store as payment_tables
 from dropsim.payments.api import payments_router
@@ -71,6 +76,7 @@ CALLBACK_PRUNE_INTERVAL_SECONDS = 3600.0
 
 GC_YOUNG_THRESHOLD = 50_000
 """Allocations between young-generation collections in a server process (CPython's is 700)."""
+PROCESS_HEADER = "X-Dropsim-Process"
 
 MIGRATIONS: tuple[Migration, ...] = (
     *account_tables.MIGRATIONS,
@@ -98,6 +104,7 @@ class Services:
     notifications: NotificationService
     hub: Hub
     stock_updates: StockUpdates
+    drop_pages: DropPageComposer
 
     async def close(self) -> None:
         await self.payments.close()
@@ -140,7 +147,9 @@ def build_services(
     reconciler.connect_payments(payments)
     auditor = Auditor(order_store, inventory, creators, payments)
     hub = Hub()
-    stock_updates = StockUpdates(hub, orders.stock, interval_seconds=settings.stock_update_seconds)
+    stock_updates = StockUpdates(
+        hub, orders.live_stock, interval_seconds=settings.stock_update_seconds
+    )
     notifications = NotificationService(
         hub,
         StreamTickets(backends.kv),
@@ -164,12 +173,20 @@ def build_services(
         notifications=notifications,
         hub=hub,
         stock_updates=stock_updates,
+        drop_pages=DropPageComposer(creators, follows, orders),
     )
 
 
 def _lifespan(settings: Settings) -> Any:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settings.payment_timeout_seconds > settings.reservation_hold_seconds:
+            logger.warning(
+                "payment_timeout_seconds (%s) exceeds reservation_hold_seconds (%s): a payment "
+                "still pending when its hold lapses loses the unit, and its success is refunded",
+                settings.payment_timeout_seconds,
+                settings.reservation_hold_seconds,
+            )
         backends = await Backends.open(settings)
         provider: EmbeddedProvider | None = None
         try:
@@ -194,11 +211,13 @@ def _lifespan(settings: Settings) -> Any:
                 retention_seconds=settings.payment_callback_retention_seconds,
                 interval_seconds=CALLBACK_PRUNE_INTERVAL_SECONDS,
             )
+            gauges = StockGauges(services.creators, services.orders)
             app.state.backends = backends
             app.state.services = services
             background: tuple[BackgroundTask, ...] = (
                 clock,
                 reaper,
+                gauges,
                 feed,
                 services.stock_updates,
                 heartbeat,
@@ -216,6 +235,7 @@ def _lifespan(settings: Settings) -> Any:
             if provider is not None:
                 await provider.stop()
             await backends.close()
+            forget_this_worker()
 
     return lifespan
 
@@ -265,6 +285,10 @@ def _provide_tokens(state: State) -> TokenIssuer:
     return _services(state).tokens
 
 
+def _provide_drop_pages(state: State) -> DropPageComposer:
+    return _services(state).drop_pages
+
+
 DEPENDENCIES = {
     "account_service": Provide(_provide_accounts, sync_to_thread=False),
     "creator_service": Provide(_provide_creators, sync_to_thread=False),
@@ -276,21 +300,24 @@ DEPENDENCIES = {
     "auditor": Provide(_provide_auditor, sync_to_thread=False),
     "payment_service": Provide(_provide_payments, sync_to_thread=False),
     "notification_service": Provide(_provide_notifications, sync_to_thread=False),
+    "drop_pages": Provide(_provide_drop_pages, sync_to_thread=False),
 }
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     """The whole system as one ASGI app; backends open in its lifespan."""
     settings = settings or load_settings()
+    # httpx logs every request at INFO: one line (and a log record's cost) per charge
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     auth = jwt_auth(settings.signing_secret())
-    metrics = PrometheusConfig(
+    request_metrics = PrometheusConfig(
         app_name="dropsim", prefix="dropsim", group_path=True, exclude=[r"^/metrics", r"^/health"]
     )
     return Litestar(
         route_handlers=[
             live,
             ready,
-            PrometheusController,
+            metrics,
             accounts_router(),
             creators_router(),
             follows_router(),
@@ -298,9 +325,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             orders_router(),
             payments_router(),
             notifications_router(),
+            composition_router(),
             web_router(),
         ],
-        middleware=[metrics.middleware],
+        middleware=[request_metrics.middleware],
+        # which server process answered (several serve one port with --workers N)
+        response_headers=[ResponseHeader(name=PROCESS_HEADER, value=str(os.getpid()))],
         dependencies=DEPENDENCIES,
         lifespan=[_lifespan(settings)],
         exception_handlers=EXCEPTION_HANDLERS,

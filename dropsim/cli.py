@@ -88,15 +88,11 @@ def serve(
 ) -> None:
     """Serve the whole system: gateway, every service, the page, API docs and metrics."""
     from dropsim.backends import Backends
+    from dropsim.serving import check_workers, write_server_note
     from dropsim.serving import serve as run_server
-    from dropsim.serving import write_server_note
 
     settings = _settings(kv_url, db_url, shards, data_dir)
-    if workers > 1 and settings.embedded_kv:
-        raise ConfigurationError(
-            "--workers > 1 needs a shared KV store: the embedded one lives in one process's "
-            "memory; pass --kv-url redis://127.0.0.1:6379/0"
-        )
+    check_workers(settings, workers)
 
     async def check_backends() -> None:
         backends = await Backends.open(settings)

@@ -7,11 +7,23 @@ from dataclasses import dataclass
 from typing import cast
 
 import msgspec
+from prometheus_client import Counter
 
 from dropsim.events import Envelope, Event
+from dropsim.metrics import EVENTS_PUBLISHED
 from dropsim.ports import KeyValueStore
 
 STREAM = "events"
+
+_published: dict[str, Counter] = {}
+"""One bound counter per event type (a handful of types, so the dict stays small)."""
+
+
+def _count_published(event_type: str) -> None:
+    counter = _published.get(event_type)
+    if counter is None:
+        counter = _published[event_type] = EVENTS_PUBLISHED.labels(event_type)
+    counter.inc()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +63,7 @@ class EventLog:
             maxlen=self._max_len,
             approximate=True,
         )
+        _count_published(event.type)
         return str(event_id)
 
     async def read_after(self, after_id: str = "0-0", count: int = 1000) -> list[Envelope]:

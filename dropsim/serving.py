@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from dropsim.errors import ConfigurationError
+from dropsim.metrics import MULTIPROCESS_DIR_ENV
 from dropsim.settings import Settings
 
 SERVER_NOTE = "server.json"
@@ -84,6 +86,28 @@ def start_provider_process(settings: Settings) -> tuple[subprocess.Popen[bytes],
     raise ConfigurationError("the simulated payment provider did not start")
 
 
+def check_workers(settings: Settings, workers: int) -> None:
+    """Refuse several workers on embedded backends: each process would hold its own fakeredis
+    and its own SQLite connections, several systems behind one port instead of one."""
+    if workers == 1:
+        return
+    embedded = [
+        what
+        for what, is_embedded in (
+            ("the KV store is memory:// (fakeredis, inside one process)", settings.embedded_kv),
+            ("the SQL shards are SQLite files", settings.embedded_db),
+        )
+        if is_embedded
+    ]
+    if embedded:
+        raise ConfigurationError(
+            f"--workers {workers} needs backends that every worker shares, but "
+            + " and ".join(embedded)
+            + ": pass --kv-url redis://127.0.0.1:6379/0 --db-url "
+            "postgresql://127.0.0.1/dropsim_{shard}, or serve with --workers 1"
+        )
+
+
 def serve(settings: Settings, *, host: str, port: int, workers: int, log_level: str) -> None:
     """Serve until interrupted. One worker runs in this process; more run as uvicorn workers."""
     common = {
@@ -99,10 +123,17 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, log_level: 
 
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         return
+    check_workers(settings, workers)
     os.environ.update(settings_environment(settings))
-    uvicorn.run(
-        "dropsim.app:app_from_environment",
-        factory=True,
-        workers=workers,
-        **common,  # type: ignore[arg-type]
-    )
+    # a fresh directory per start: counters restart at zero, and no stale worker files linger
+    with tempfile.TemporaryDirectory(prefix="dropsim-metrics-") as metrics_dir:
+        os.environ[MULTIPROCESS_DIR_ENV] = metrics_dir  # workers inherit it when they spawn
+        try:
+            uvicorn.run(
+                "dropsim.app:app_from_environment",
+                factory=True,
+                workers=workers,
+                **common,  # type: ignore[arg-type]
+            )
+        finally:
+            del os.environ[MULTIPROCESS_DIR_ENV]

@@ -110,21 +110,15 @@ class Settings(BaseSettings):
             raise ValueError("provider_latency_p99_ms must not be below provider_latency_median_ms")
         return self
 
-    @model_validator(mode="after")
-    def _payment_ends_before_its_hold(self) -> Settings:
-        # a charge still pending when its unit's hold lapses loses the unit: its late success
-        # can only be refunded, so a timeout past the hold turns slow payments into refunds
-        if self.payment_timeout_seconds > self.reservation_hold_seconds:
-            raise ValueError(
-                "payment_timeout_seconds must not exceed reservation_hold_seconds "
-                f"({self.payment_timeout_seconds} > {self.reservation_hold_seconds})"
-            )
-        return self
-
     @property
     def embedded_kv(self) -> bool:
         """True when the KV store lives in this process's memory (one process only)."""
         return self.kv_url.startswith("memory://")
+
+    @property
+    def embedded_db(self) -> bool:
+        """True when the SQL shards are SQLite files (no server shares them between processes)."""
+        return self.db_url.startswith("sqlite")
 
     def signing_secret(self) -> str:
         """The JWT secret: the configured one, or one kept in the data dir for CLI and server."""

@@ -42,36 +42,34 @@ class ServerProcess:
 
     Use as a context manager: it starts, waits until `/health/ready` answers 200, and on exit it
     stops the process (SIGTERM, then SIGKILL). `kill()` ends it abruptly, as a crash would.
+    `via_cli` starts it as `dropsim serve` (worker set-up included) rather than bare uvicorn;
+    `env` adds environment variables on top of the settings'.
     """
 
-    def __init__(self, settings: Settings, *, port: int | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        port: int | None = None,
+        workers: int = 1,
+        via_cli: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # the payment provider calls back to wherever this server listens
         self.settings = settings.model_copy(update={"public_url": self.url})
         self._workers = workers
+        self._via_cli = via_cli
+        self._env = env or {}
         self._process: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server)
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        env = {**os.environ, **settings_environment(self.settings)}
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "dropsim.app:app_from_environment",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--no-access-log",
-            "--workers",
-            str(self._workers),
-            "--timeout-graceful-shutdown",
-            "3",
-        ]
-        self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=self._log)
+        env = {**os.environ, **settings_environment(self.settings), **self._env}
+        self._process = subprocess.Popen(
+            self._command(), env=env, stdout=self._log, stderr=self._log
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -93,6 +91,22 @@ class ServerProcess:
         if self._process is None:
             raise RuntimeError("the server has not been started")
         return self._process.pid
+
+    def _command(self) -> list[str]:
+        where = ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self._workers)]
+        if self._via_cli:
+            return [sys.executable, "-m", "dropsim.cli", "serve", *where]
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "dropsim.app:app_from_environment",
+            "--factory",
+            *where,
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "3",
+        ]
 
     def output(self) -> str:
         """What the server printed so far."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -10,7 +11,10 @@ _counter = itertools.count()
 
 
 class Client(Protocol):
-    async def post(self, url: str, **kwargs: Any) -> Any: ...
+    """httpx.AsyncClient, Litestar's AsyncTestClient, ... (anything with an async `post`)."""
+
+    @property
+    def post(self) -> Callable[..., Awaitable[Any]]: ...
 
 
 def bearer(token: str) -> dict[str, str]:

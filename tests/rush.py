@@ -168,3 +168,17 @@ async def orders_of(client: httpx.AsyncClient, token: str) -> list[dict[str, Any
         cursor = page["next_cursor"]
         if cursor is None:
             return found
+
+
+def fast_provider(settings: Settings, **faults: float) -> Settings:
+    """Settings with a quick provider that never declines or loses a callback (unless `faults`
+    say so) and holds long enough that nothing lapses by accident."""
+    terms: dict[str, float] = {
+        "provider_latency_median_ms": 20,
+        "provider_latency_p99_ms": 100,
+        "provider_failure_rate": 0.0,
+        "provider_duplicate_rate": 0.3,  # a callback twice must not count a confirmation twice
+        "provider_callback_loss_rate": 0.0,
+        "reservation_hold_seconds": 60,
+    }
+    return settings.model_copy(update=terms | faults)

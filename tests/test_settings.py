@@ -94,10 +94,6 @@ def test_settings_are_frozen() -> None:
             "settings: db_url needs a {shard} placeholder when shards > 1",
         ),
         ({"cache_ttl_seconds": 0}, "cache_ttl_seconds: Input should be greater than 0"),
-        (
-            {"payment_timeout_seconds": 90, "reservation_hold_seconds": 60},
-            "settings: payment_timeout_seconds must not exceed reservation_hold_seconds",
-        ),
         ({"sse_max_connections": 0}, "sse_max_connections: Input should be greater than"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
     ],

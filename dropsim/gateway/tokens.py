@@ -9,6 +9,7 @@ from litestar.exceptions import NotAuthorizedException
 from litestar.security.jwt import Token
 
 from dropsim.accounts.models import Role
+from dropsim.errors import AuthenticationFailed
 
 ALGORITHM = "HS256"
 
@@ -41,14 +42,19 @@ class TokenIssuer:
         )
         return token.encode(secret=self._secret, algorithm=ALGORITHM)
 
-    def verify(self, encoded: str) -> Principal | None:
-        """The principal of a valid, unexpired token of ours; None for anything else (for routes
-        that authenticate outside the bearer middleware, such as the event stream)."""
+    def verify(self, encoded: str) -> Principal:
+        """Who a token names, for routes where signing in is optional (the auth middleware
+        skips them); AuthenticationFailed if it is forged, expired or not ours."""
         try:
             token = Token.decode(encoded, secret=self._secret, algorithm=ALGORITHM)
         except NotAuthorizedException:
-            return None
-        return principal_from_token(token)
+            token = None
+        principal = None if token is None else principal_from_token(token)
+        if principal is None:
+            raise AuthenticationFailed(
+                "the bearer token is invalid or expired", code="invalid_token"
+            )
+        return principal
 
 
 def principal_from_token(token: Token) -> Principal | None:

@@ -25,6 +25,7 @@ from dropsim.eventlog import EventLog
 from dropsim.events import Event, OrderConfirmed, OrderExpired, OrderFailed, OrderReserved
 from dropsim.gateway.tokens import Principal
 from dropsim.ids import new_id
+from dropsim.metrics import IDEMPOTENT_REPLAYS, ORDERS
 from dropsim.orders import idempotency
 from dropsim.orders.idempotency import IdempotencyRecords
 from dropsim.orders.inventory import Counters, Inventory, Reserved
@@ -39,6 +40,17 @@ SOLD_OUT_RECHECK_SECONDS = 0.25
 """How long this process trusts its sold-out flag before asking Redis again (a unit released
 by another process is noticed within this; one released here clears the flag at once)."""
 DROP_TERMS_SECONDS = 1.0
+VIEWER_ORDERS_LIMIT = 100
+"""Most orders of one drop shown to one buyer (the per-user limit keeps real counts far below)."""
+
+# label children bound once: the order path pays one locked add per outcome, no label lookup
+_RESERVED = ORDERS.labels("reserved")
+_SETTLED = {
+    OrderStatus.CONFIRMED: ORDERS.labels("confirmed"),
+    OrderStatus.FAILED: ORDERS.labels("failed"),
+    OrderStatus.EXPIRED: ORDERS.labels("expired"),
+}
+_REFUSED = {rejection: ORDERS.labels(f"refused_{rejection.value}") for rejection in Rejection}
 
 
 class PaymentRequester(Protocol):
@@ -141,6 +153,7 @@ class OrderService:
         if self._known_sold_out(drop_id):
             stored = await self._records.lookup(user_id, key)
             if stored is None:
+                _REFUSED[Rejection.SOLD_OUT].inc()
                 return PlacedOrder(409, rejection=Rejection.SOLD_OUT)
             return self._repeat(
                 stored.fingerprint == fingerprint, stored.running, stored.status, stored.body
@@ -176,6 +189,7 @@ class OrderService:
             if decision.rejection is Rejection.SOLD_OUT and quantity == 1:
                 # (asking for more units than are left is "sold out" for that request only)
                 self._sold_out_at[drop_id] = time.monotonic()
+            _REFUSED[decision.rejection].inc()
             return PlacedOrder(409, rejection=decision.rejection)
         if decision.outcome is not Reserved.RESERVED:
             return self._repeat(
@@ -202,6 +216,7 @@ class OrderService:
             await self._inventory.release(drop_id, order_id, user_id)
             await self._records.forget(user_id, key)
             raise
+        _RESERVED.inc()
         await self._records.finish(user_id, key, 201, msgspec.json.encode(order).decode())
         available = decision.available or 0
         if available == 0:
@@ -233,6 +248,7 @@ class OrderService:
                 "a request with this Idempotency-Key is still being processed; retry shortly",
                 code="idempotency_key_in_flight",
             )
+        IDEMPOTENT_REPLAYS.inc()
         if body.startswith("problem:"):
             return PlacedOrder(
                 status, rejection=Rejection(body.removeprefix("problem:")), replayed=True
@@ -267,8 +283,13 @@ class OrderService:
     async def orders(self, principal: Principal, after: str, limit: int) -> list[Order]:
         return await self._store.orders_of_user(principal.user_id, after, limit)
 
-    async def stock(self, drop_id: str) -> Counters | None:
-        """The drop's live counters from the inventory (never cached); None before it is live."""
+    async def orders_for_drop(self, user_id: str, drop_id: str) -> list[Order]:
+        """`user_id`'s orders of one drop, oldest first (at most `VIEWER_ORDERS_LIMIT`)."""
+        return await self._store.orders_of_user_for_drop(user_id, drop_id, VIEWER_ORDERS_LIMIT)
+
+    async def live_stock(self, drop_id: str) -> Counters | None:
+        """The drop's inventory counters as the gate holds them right now (one atomic read,
+        never cached); None when the drop has no counters."""
         return await self._inventory.counters(drop_id)
 
     # settling
@@ -289,6 +310,7 @@ class OrderService:
                 user_id, order_id, [OrderStatus.PENDING_PAYMENT], OrderStatus.CONFIRMED, now
             )
             if moved:
+                _SETTLED[OrderStatus.CONFIRMED].inc()
                 await self._publish(
                     OrderConfirmed(order_id=order_id, user_id=user_id, drop_id=drop_id)
                 )
@@ -331,6 +353,7 @@ class OrderService:
             if await self._store.move(
                 user_id, order_id, [OrderStatus.PENDING_PAYMENT], target, now
             ):
+                _SETTLED[target].inc()
                 resolved += 1
         return resolved
 
@@ -347,7 +370,10 @@ class OrderService:
         if not released:
             return Settlement.ALREADY_SETTLED  # committed or released before: SQL follows that
         self._sold_out_at.pop(drop_id, None)
-        await self._store.move(user_id, order_id, [OrderStatus.PENDING_PAYMENT], target, now)
+        # counted on the SQL move, the one step that happens once per order even when a crash
+        # between release and move leaves the move to `resolve_stale_pending`
+        if await self._store.move(user_id, order_id, [OrderStatus.PENDING_PAYMENT], target, now):
+            _SETTLED[target].inc()
         if available > 0:
             await self._catalog.mark_back_on_sale(drop_id)
         event: Event = (

@@ -96,6 +96,13 @@ class OrderStore:
         )
         return [_order(row) for row in rows]
 
+    async def orders_of_user_for_drop(self, user_id: str, drop_id: str, limit: int) -> list[Order]:
+        rows = await self._db.shard(self._db.shard_of(user_id)).fetch_all(
+            f"SELECT {_COLUMNS} FROM orders WHERE user_id = ? AND drop_id = ? ORDER BY id LIMIT ?",
+            (user_id, drop_id, limit),
+        )
+        return [_order(row) for row in rows]
+
     async def move(
         self,
         user_id: str,
