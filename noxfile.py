@@ -1,6 +1,9 @@
-"""Developer and CI sessions: `nox` runs lint and tests; `nox -s bench` prints benchmark figures."""
+"""Developer and CI sessions: `nox` runs lint and tests; `nox -s budgets` runs every scenario's
+`ci` profile against its budgets; `nox -s bench` prints benchmark figures."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import nox
 
@@ -32,3 +35,12 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/seed_follows.py", *session.posargs)
     session.run("python", "benchmarks/sse_fanout.py")
     session.run("python", "benchmarks/rate_limit.py")
+
+
+@nox.session
+def budgets(session: nox.Session) -> None:
+    """Every scenario's `ci` profile on embedded backends: fails on a breached budget, an invalid
+    measurement or a broken audit (reports in reports/<scenario>/<run>/)."""
+    session.install("-e", ".[test]")
+    for scenario in sorted(Path("scenarios").glob("*.toml")):
+        session.run("dropsim", "simulate", scenario.stem, "--profile", "ci", *session.posargs)

@@ -1,4 +1,4 @@
-"""The `dropsim` command line: serve the system, seed celebrities, mint tokens."""
+"""The `dropsim` command line: serve the system, seed celebrities, mint tokens, simulate rushes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -371,6 +372,162 @@ def token(
         return
     sys.stdout.write(json.dumps({user_id: issuer.issue(user_id, role) for user_id in ids}))
     sys.stdout.write("\n")
+
+
+SIMULATE_HELP = """Run a scenario: start the payment provider, the server and Locust as separate
+processes, seed, go live, rush, audit, and write reports/<scenario>/<run>/ (report.html,
+summary.json, summary.md, junit.xml).
+
+Exit codes: 0 pass; 2 usage or configuration error; 3 a budget breached (or a significant
+regression against --baseline); 4 invalid measurement (the load generator saturated or could
+not start arrivals on time); 5 the audit found a broken invariant (wins over everything)."""
+
+
+@app.command(help=SIMULATE_HELP)
+def simulate(
+    scenario: Annotated[
+        str, typer.Argument(help="scenario name (see `dropsim scenarios`) or path")
+    ],
+    profile: Annotated[str, typer.Option(help="profile of the scenario (default, ci, full)")] = (
+        "default"
+    ),
+    url: Annotated[
+        str | None, typer.Option("--url", help="load this running server instead of starting one")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="real Redis for the server we start")
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="postgresql://host/dropsim_{shard} for the server we start"),
+    ] = None,
+    shards: Shards = None,
+    data_dir: DataDir = None,
+    load_workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Locust worker processes (master + N workers)")
+    ] = 1,
+    web: Annotated[bool, typer.Option(help="open Locust's web UI on this scenario")] = False,
+    web_port: Annotated[int, typer.Option(help="port of Locust's web UI")] = 8089,
+    baseline: Annotated[
+        Path | None, typer.Option(help="an earlier summary.json to compare with")
+    ] = None,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            min=1, max=20, help="run N times; --baseline then tests all their samples together"
+        ),
+    ] = 1,
+    reports_dir: Annotated[Path, typer.Option(help="where run directories go")] = Path("reports"),
+) -> None:
+    from dropsim.sim.orchestrator import Options, Target
+    from dropsim.sim.orchestrator import simulate as run_simulation
+    from dropsim.sim.scenario import load_scenario
+
+    chosen = load_scenario(scenario, profile)
+    previous = _read_baseline(baseline)
+    target = Target(url=url, kv_url=redis_url, db_url=db, shards=shards, data_dir=data_dir)
+    options = Options(
+        reports_dir=reports_dir, load_workers=load_workers, web=web, web_port=web_port
+    )
+    run_dirs = []
+    for number in range(1, repeat + 1):
+        of = f", run {number} of {repeat}" if repeat > 1 else ""
+        console.print(f"[bold]dropsim simulate {chosen.name}[/] (profile {chosen.profile}{of})")
+        run_dirs.append(run_simulation(chosen, target, options, console))
+    raise typer.Exit(_finish_report(run_dirs, previous))
+
+
+def _read_baseline(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        baseline: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read the baseline {path}: {exc}") from None
+    return baseline
+
+
+def _finish_report(run_dirs: list[Path], baseline: dict[str, Any] | None) -> int:
+    """Summarise and render each run, print the last (with every repeat's samples pooled into
+    it); the exit code of the worst run, or of a significant regression against `baseline`."""
+    from dropsim.sim.report import render_report
+    from dropsim.sim.summary import (
+        build_summary,
+        compare_with_baseline,
+        pool_repeats,
+        write_summary,
+    )
+
+    summaries = [build_summary(run_dir) for run_dir in run_dirs]
+    for run_dir, summary in zip(run_dirs[:-1], summaries, strict=False):
+        write_summary(run_dir, summary)
+        render_report(run_dir, summary)
+    summary = pool_repeats(summaries) if len(summaries) > 1 else summaries[-1]
+    if baseline is not None:
+        compare_with_baseline(summary, baseline)
+    write_summary(run_dirs[-1], summary)
+    report = render_report(run_dirs[-1], summary)
+    _print_summary(summary)
+    console.print(f"report: [cyan]{report}[/]")
+    code: int = summary["exit_code"]
+    return code
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    colour = {"pass": "green", "breach": "red", "audit_failed": "red"}.get(
+        summary["verdict"], "yellow"
+    )
+    table = Table("budget", "limit", "actual", "status", title="budgets")
+    for check in summary["budgets"]:
+        style = {"pass": "green", "breach": "red"}.get(check["status"], "dim")
+        table.add_row(
+            escape(check["name"]),
+            escape(check["limit"]),
+            escape(check["actual"]),
+            f"[{style}]{check['status']}[/]",
+        )
+    console.print(table)
+    orders, fanout = summary["orders"], summary["fanout"]
+    order_p99 = summary["endpoints"].get("order", {}).get("p99_ms")
+    order_text = "-" if order_p99 is None else f"{order_p99:.0f} ms"
+    fanout_text = f"{fanout['p99_ms']:.0f} ms" if fanout["available"] else "n/a"
+    outcomes = ", ".join(f"{k} {v}" for k, v in orders["outcomes"].items())
+    console.print(
+        f"orders decided/s {orders['orders_per_second']:.1f}   order p99 {order_text}   "
+        f"fan-out lag p99 {fanout_text}   outcomes {outcomes}"
+    )
+    for reason in summary["invalid_reasons"]:
+        console.print(f"[yellow]invalid measurement:[/] {escape(reason)}")
+    for note in summary["notes"]:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    console.print(
+        f"[bold {colour}]{summary['verdict'].replace('_', ' ').upper()}[/] "
+        f"(exit code {summary['exit_code']})"
+    )
+
+
+@app.command()
+def scenarios() -> None:
+    """List the scenarios in scenarios/ and their profiles (each one validated)."""
+    from dropsim.sim.scenario import list_scenarios
+
+    table = Table("scenario", "profiles", "what it simulates")
+    for found in list_scenarios():
+        table.add_row(found.name, ", ".join(found.profiles), found.description)
+    console.print(table)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="a run directory: reports/<scenario>/<run-id>")],
+    baseline: Annotated[
+        Path | None, typer.Option(help="an earlier summary.json to compare with")
+    ] = None,
+) -> None:
+    """Re-render a run's report and summaries, print the summary; exit code as `simulate`."""
+    if not (run / "run.json").is_file():
+        raise ConfigurationError(f"{run} is not a run directory (no run.json)")
+    raise typer.Exit(_finish_report([run], _read_baseline(baseline)))
 
 
 @app.command()

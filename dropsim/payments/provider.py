@@ -6,6 +6,8 @@ It speaks the API `PaymentService` expects from any provider:
                             key again returns the same charge (never a second one)
     GET  /v1/charges/{id}
     POST /v1/refunds        {charge_id}; 200; refunding a refunded charge returns the same refund
+    PUT  /v1/simulation/behaviour   simulator control, not a provider API: change the fault knobs
+                            (failure rate, latency, lost callbacks) for charges made from now on
 
 and later POSTs signed events (`Dropsim-Signature`, see `signing`) to each charge's callback_url:
 `{id: "evt_...", type: "charge.succeeded" | "charge.failed" | "charge.pending" |
@@ -24,13 +26,13 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import httpx
 import msgspec
 import uvicorn
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
@@ -130,6 +132,26 @@ class NewCharge(msgspec.Struct, forbid_unknown_fields=True):
 
 class NewRefund(msgspec.Struct, forbid_unknown_fields=True):
     charge_id: str
+
+
+Rate = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Millis = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class BehaviourChange(msgspec.Struct, forbid_unknown_fields=True):
+    """New values for some of the fault knobs (absent ones stay as they are)."""
+
+    failure_rate: Rate | None = None
+    latency_median_ms: Millis | None = None
+    latency_p99_ms: Millis | None = None
+    callback_loss_rate: Rate | None = None
+
+
+class BehaviourView(msgspec.Struct):
+    failure_rate: float
+    latency_median_ms: float
+    latency_p99_ms: float
+    callback_loss_rate: float
 
 
 class ChargeView(msgspec.Struct, omit_defaults=True):
@@ -288,6 +310,28 @@ class SimulatedProvider:
         self._spawn(self._announce_refund(charge))
         return RefundView(id=charge.refund_id, charge_id=charge.id)
 
+    def change_behaviour(self, change: BehaviourChange) -> BehaviourView:
+        """Apply new fault knobs to charges made from now on (a simulated outage or recovery)."""
+        values = {
+            name: value
+            for name, value in msgspec.structs.asdict(change).items()
+            if value is not None
+        }
+        try:
+            self.config = replace(self.config, **values)
+        except ValueError as exc:
+            raise Unprocessable(str(exc), code="invalid_behaviour") from None
+        return self.behaviour()
+
+    def behaviour(self) -> BehaviourView:
+        config = self.config
+        return BehaviourView(
+            failure_rate=config.failure_rate,
+            latency_median_ms=config.latency_median_ms,
+            latency_p99_ms=config.latency_p99_ms,
+            callback_loss_rate=config.callback_loss_rate,
+        )
+
     def sample_latency(self) -> float:
         """One draw of the latency distribution, in seconds."""
         median = self.config.latency_median_ms / 1000
@@ -430,6 +474,12 @@ async def create_refund(data: JSONBody[NewRefund], provider: Provider) -> Refund
     return provider.refund(data.charge_id)
 
 
+@put("/v1/simulation/behaviour")
+async def change_behaviour(data: JSONBody[BehaviourChange], provider: Provider) -> BehaviourView:
+    """Simulator control (not part of a real provider's API): faults for charges made from now."""
+    return provider.change_behaviour(data)
+
+
 def create_provider_app(
     config: ProviderConfig, *, http: httpx.AsyncClient | None = None
 ) -> Litestar:
@@ -448,7 +498,7 @@ def create_provider_app(
             await provider.close()
 
     return Litestar(
-        route_handlers=[create_charge, show_charge, create_refund],
+        route_handlers=[create_charge, show_charge, create_refund, change_behaviour],
         dependencies={"provider": Provide(lambda: provider, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
