@@ -20,7 +20,8 @@ class BackgroundTask:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            if not self._task.done():
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

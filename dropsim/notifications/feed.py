@@ -4,6 +4,7 @@ to the local streams it concerns, encoded once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -29,16 +30,28 @@ class EventFeed(BackgroundTask):
     name = "event-feed"
 
     def __init__(
-        self, events: EventLog, hub: Hub, stock: StockUpdates, *, block_ms: int = 1000
+        self, events: EventLog, hub: Hub, stock: StockUpdates, *, block_ms: int = 250
     ) -> None:
         super().__init__()
         self._events = events
         self._hub = hub
         self._stock = stock
         self._block_ms = block_ms
+        self._stopping = False
+
+    async def stop(self) -> None:
+        """Let the current read end by itself (within `block_ms`) instead of cancelling it:
+        redis-py can swallow a cancellation that lands in a blocking XREAD and read on, which
+        hung shutdown; cancelling stays the fallback."""
+        self._stopping = True
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), self._block_ms / 1000 + 2.0)
+        await super().stop()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 entries = await self._events.wait_after(self._hub.position, self._block_ms)
             except asyncio.CancelledError:
