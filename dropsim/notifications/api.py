@@ -14,9 +14,10 @@ from litestar.response import ServerSentEvent
 from litestar.security.jwt import Token
 
 from dropsim.errors import AuthenticationFailed, InvalidRequest
+from dropsim.events import Envelope
 from dropsim.gateway.problems import problem
 from dropsim.gateway.tokens import Principal, TokenIssuer
-from dropsim.notifications.service import Notification, NotificationService, StreamsFull
+from dropsim.notifications.service import NotificationService, StreamsFull
 
 AuthedRequest = Request[Principal, Token, State]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=200)]
@@ -31,7 +32,8 @@ class StreamTicket(msgspec.Struct):
 
 
 class Inbox(msgspec.Struct):
-    items: list[Notification]
+    items: list[Envelope]
+    """Drop alerts as `{id, type, at, data}`, the envelope of the stream's events."""
 
 
 @post("/stream/tickets", status_code=201)

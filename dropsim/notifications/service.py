@@ -12,7 +12,7 @@ import msgspec
 from dropsim.creators.service import CreatorService
 from dropsim.errors import AuthenticationFailed, DomainError, InvalidRequest
 from dropsim.eventlog import EventLog, id_key
-from dropsim.events import DropWentLive
+from dropsim.events import DropWentLive, Envelope
 from dropsim.follows.service import FollowService
 from dropsim.metrics import SSE_CONNECTIONS
 from dropsim.notifications.frames import Frame, control_frame, event_frame, retry_frame
@@ -41,15 +41,6 @@ class StreamLimits:
     """Streams one process holds before it answers 503 (each costs a socket and memory)."""
     retry_ms: int
     """The `retry:` a client gets (jittered +-25 % so reconnects after a restart spread out)."""
-
-
-class Notification(msgspec.Struct, frozen=True):
-    """An inbox entry: a drop alert that a follower may have missed while offline."""
-
-    id: str
-    type: str
-    at: float
-    data: dict[str, object]
 
 
 class NotificationService:
@@ -175,7 +166,7 @@ class NotificationService:
                 return
             cursor = entries[-1].id
 
-    async def inbox(self, user_id: str, *, before: float | None, limit: int) -> list[Notification]:
+    async def inbox(self, user_id: str, *, before: float | None, limit: int) -> list[Envelope]:
         """Drop alerts of creators the user follows, newest first (read at request time: a
         celebrity's drop is not copied into a million inboxes)."""
         creators = await self._follows.following_ids(user_id)
@@ -183,7 +174,7 @@ class NotificationService:
             creators, before=time.time() if before is None else before, limit=limit
         )
         return [
-            Notification(
+            Envelope(
                 id=f"drop:{drop.id}",
                 type=DropWentLive.type,
                 at=drop.starts_at.timestamp(),
