@@ -13,7 +13,8 @@ from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from dropsim.accounts.models import Role
-from dropsim.gateway.tokens import ALGORITHM, Principal, principal_from_token
+from dropsim.errors import AuthenticationFailed
+from dropsim.gateway.tokens import ALGORITHM, Principal, TokenIssuer, principal_from_token
 
 PUBLIC_PATHS = [
     r"^/$",
@@ -72,6 +73,21 @@ def jwt_auth(secret: str) -> JWTAuth[Principal, Token]:
         exclude=PUBLIC_PATHS,
         authentication_middleware_class=CachedJWTMiddleware,
     )
+
+
+def bearer_principal(
+    connection: ASGIConnection[Any, Any, Any, Any], tokens: TokenIssuer
+) -> Principal | None:
+    """The caller named by the `Authorization: Bearer` header, for routes the bearer middleware
+    skips (public pages, the event stream); None when no Authorization header was sent.
+    AuthenticationFailed for another scheme or a forged, expired or foreign token."""
+    header = connection.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "bearer" or not encoded.strip():
+        raise AuthenticationFailed("send `Authorization: Bearer <token>`", code="invalid_token")
+    return tokens.verify(encoded.strip())
 
 
 def requires(*roles: Role) -> Any:

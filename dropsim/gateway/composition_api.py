@@ -10,20 +10,15 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
-from dropsim.errors import AuthenticationFailed
+from dropsim.gateway.auth import bearer_principal
 from dropsim.gateway.composition import DropPage, DropPageComposer
 from dropsim.gateway.tokens import TokenIssuer
 
 
 def viewer_id(request: Request[Any, Any, State], tokens: TokenIssuer) -> str | None:
     """The signed-in caller's user id; None for a caller who sends no Authorization header."""
-    header = request.headers.get("authorization")
-    if header is None:
-        return None
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "bearer" or not encoded.strip():
-        raise AuthenticationFailed("send `Authorization: Bearer <token>`", code="invalid_token")
-    return tokens.verify(encoded.strip()).user_id
+    principal = bearer_principal(request, tokens)
+    return None if principal is None else principal.user_id
 
 
 @get("/drops/{drop_id:str}/page", exclude_from_auth=True)

@@ -15,6 +15,7 @@ from litestar.security.jwt import Token
 
 from dropsim.errors import AuthenticationFailed, InvalidRequest
 from dropsim.events import Envelope
+from dropsim.gateway.auth import bearer_principal
 from dropsim.gateway.problems import problem
 from dropsim.gateway.tokens import Principal, TokenIssuer
 from dropsim.notifications.service import NotificationService, StreamsFull
@@ -95,9 +96,9 @@ async def _caller(
 ) -> str:
     if ticket:
         return await notifications.redeem_ticket(ticket)
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials:
-        return tokens.verify(credentials.strip()).user_id
+    principal = bearer_principal(request, tokens)
+    if principal is not None:
+        return principal.user_id
     raise AuthenticationFailed(
         "open a stream with ?ticket= (POST /v1/stream/tickets) or an Authorization bearer token",
         code="authentication_required",
