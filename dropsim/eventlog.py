@@ -35,6 +35,13 @@ class LogEntry:
     at: float
     data_json: str
 
+    def data(self) -> dict[str, object]:
+        """The event's data, decoded."""
+        return _decode_data(self.data_json)
+
+
+_decode_data = msgspec.json.Decoder(dict[str, object]).decode
+
 
 def id_key(event_id: str) -> tuple[int, int]:
     """A stream id as a sortable pair; ValueError if it is not one (`<ms>-<seq>`)."""

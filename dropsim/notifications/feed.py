@@ -8,8 +8,6 @@ import contextlib
 import logging
 import time
 
-import msgspec
-
 from dropsim.background import BackgroundTask
 from dropsim.eventlog import EventLog, LogEntry, id_key
 from dropsim.events import CreatorFollowed, CreatorUnfollowed
@@ -20,8 +18,6 @@ from dropsim.notifications.routing import STOCK_MOVERS, audiences
 from dropsim.notifications.stock import StockUpdates
 
 logger = logging.getLogger("dropsim.notifications")
-
-_decode_data = msgspec.json.Decoder(dict[str, object])
 
 
 class EventFeed(BackgroundTask):
@@ -67,7 +63,7 @@ class EventFeed(BackgroundTask):
         """Route one entry to its streams and move the hub's position past it."""
         hub = self._hub
         event_type = entry.type
-        data = _decode_data.decode(entry.data_json)
+        data = entry.data()
         if event_type in STOCK_MOVERS:
             self._stock.mark(str(data.get("drop_id", "")))
         elif event_type == CreatorFollowed.type:

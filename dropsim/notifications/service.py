@@ -7,8 +7,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-import msgspec
-
 from dropsim.creators.service import CreatorService
 from dropsim.errors import AuthenticationFailed, DomainError, InvalidRequest
 from dropsim.eventlog import EventLog, id_key
@@ -156,7 +154,7 @@ class NotificationService:
             for entry in entries:
                 if id_key(entry.id) > end:
                     return
-                data = msgspec.json.decode(entry.data_json)
+                data = entry.data()
                 if any(
                     subscriber.listens_to(audience, key)
                     for audience, key in audiences(entry.type, data)
