@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -11,14 +12,34 @@ _counter = itertools.count()
 
 
 class Client(Protocol):
-    """httpx.AsyncClient, Litestar's AsyncTestClient, ... (anything with an async `post`)."""
+    """httpx.AsyncClient, Litestar's AsyncTestClient, ... (anything with async `post`, `put`)."""
 
     @property
     def post(self) -> Callable[..., Awaitable[Any]]: ...
 
+    @property
+    def put(self) -> Callable[..., Awaitable[Any]]: ...
+
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def follow(client: Client, token: str, creator_id: str) -> None:
+    response = await client.put(f"/v1/me/following/{creator_id}", headers=bearer(token))
+    assert response.status_code == 200, response.text
+
+
+async def place_order(client: Client, token: str, drop_id: str) -> dict[str, Any]:
+    """One unit of `drop_id`, bought with a fresh Idempotency-Key: the created order."""
+    response = await client.post(
+        f"/v1/drops/{drop_id}/orders",
+        json={"quantity": 1},
+        headers={**bearer(token), "Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert response.status_code == 201, response.text
+    placed: dict[str, Any] = response.json()
+    return placed
 
 
 async def sign_up(client: Client, handle: str | None = None) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import httpx
 
 
 @dataclass
@@ -98,6 +99,16 @@ class Stream:
         with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
             await self._reader
         self.response.close()
+
+
+async def stream_ticket(client: httpx.AsyncClient, token: str) -> str:
+    """A one-time ticket for opening a stream as the holder of `token`."""
+    response = await client.post("/v1/stream/tickets", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["expires_in_seconds"] <= 60
+    ticket: str = body["ticket"]
+    return ticket
 
 
 @contextlib.asynccontextmanager

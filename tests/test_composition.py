@@ -17,7 +17,7 @@ from litestar.testing import AsyncTestClient
 from dropsim.app import Services, create_app
 from dropsim.settings import Settings
 from dropsim.testing import ServerProcess
-from tests.apiclient import bearer, make_creator, make_drop, sign_up
+from tests.apiclient import bearer, make_creator, make_drop, place_order, sign_up
 from tests.rush import buyer_tokens, fast_provider, open_drop, rush_client, settled_audit
 
 
@@ -35,17 +35,6 @@ async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Any]]:
 async def page_of(client: Any, drop_id: str, token: str | None = None) -> dict[str, Any]:
     response = await client.get(f"/v1/drops/{drop_id}/page", headers=bearer(token) if token else {})
     assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def order(client: Any, drop_id: str, token: str) -> dict[str, Any]:
-    response = await client.post(
-        f"/v1/drops/{drop_id}/orders",
-        json={"quantity": 1},
-        headers={**bearer(token), "Idempotency-Key": str(uuid.uuid4())},
-    )
-    assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
 
@@ -76,8 +65,8 @@ async def _page_agrees_with_each_service(client: httpx.AsyncClient, settings: Se
     assert (await page_of(client, drop["id"], buyer))["viewer"]["follows_creator"] is True
 
     await _until_live(client, drop["id"])
-    mine = [await order(client, drop["id"], buyer) for _ in range(2)]
-    await order(client, drop["id"], other_buyer)
+    mine = [await place_order(client, buyer, drop["id"]) for _ in range(2)]
+    await place_order(client, other_buyer, drop["id"])
     audit = await settled_audit(client, settings, drop["id"])
 
     after = await page_of(client, drop["id"], buyer)

@@ -15,9 +15,9 @@ import pytest
 
 from dropsim.settings import Settings
 from dropsim.testing import ServerProcess
-from tests.apiclient import bearer, make_creator, make_drop, sign_up
+from tests.apiclient import bearer, follow, make_creator, make_drop, place_order, sign_up
 from tests.rush import buyer_tokens, drop_starts
-from tests.sse import open_stream
+from tests.sse import open_stream, stream_ticket
 
 STREAM_SETTINGS: dict[str, Any] = {
     "provider_latency_median_ms": 20,
@@ -49,31 +49,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield http
 
 
-async def follow(client: httpx.AsyncClient, token: str, creator_id: str) -> None:
-    response = await client.put(f"/v1/me/following/{creator_id}", headers=bearer(token))
-    assert response.status_code == 200, response.text
-
-
-async def ticket(client: httpx.AsyncClient, token: str) -> str:
-    response = await client.post("/v1/stream/tickets", headers=bearer(token))
-    assert response.status_code == 201, response.text
-    body = response.json()
-    assert body["expires_in_seconds"] <= 60
-    value: str = body["ticket"]
-    return value
-
-
-async def order(client: httpx.AsyncClient, token: str, drop_id: str) -> dict[str, Any]:
-    response = await client.post(
-        f"/v1/drops/{drop_id}/orders",
-        json={"quantity": 1},
-        headers={**bearer(token), "Idempotency-Key": str(uuid.uuid4())},
-    )
-    assert response.status_code == 201, response.text
-    placed: dict[str, Any] = response.json()
-    return placed
-
-
 async def wait_live(drop: dict[str, Any]) -> None:
     delay = drop_starts(drop) - time.time()
     if delay > 0:
@@ -88,7 +63,7 @@ async def test_follower_connected_before_the_drop_gets_the_alert(
     _, stranger = await sign_up(client)
     await follow(client, fan, creator_id)
     async with (
-        open_stream(session, server.url, ticket=await ticket(client, fan)) as fan_stream,
+        open_stream(session, server.url, ticket=await stream_ticket(client, fan)) as fan_stream,
         open_stream(session, server.url, token=stranger) as stranger_stream,
     ):
         drop = await make_drop(client, creator, starts_in=1.0, stock=5)
@@ -159,7 +134,7 @@ async def test_buyer_gets_their_confirmation(
         open_stream(session, server.url, token=buyer) as mine,
         open_stream(session, server.url, token=other) as theirs,
     ):
-        placed = await order(client, buyer, drop["id"])
+        placed = await place_order(client, buyer, drop["id"])
         [confirmed] = await mine.wait_for("order.confirmed")
         assert confirmed.envelope()["data"]["order_id"] == placed["id"]
         await asyncio.sleep(0.3)
@@ -226,7 +201,7 @@ async def test_tickets_work_once_and_bad_credentials_get_problems(
     server: ServerProcess, client: httpx.AsyncClient, session: aiohttp.ClientSession
 ) -> None:
     _, token = await sign_up(client)
-    once = await ticket(client, token)
+    once = await stream_ticket(client, token)
     async with open_stream(session, server.url, ticket=once):
         pass
     refused = [

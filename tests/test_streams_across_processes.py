@@ -12,9 +12,9 @@ import httpx
 
 from dropsim.settings import Settings
 from dropsim.testing import ServerProcess
-from tests.apiclient import bearer, make_creator, make_drop, sign_up
-from tests.sse import open_stream
-from tests.test_notifications import STREAM_SETTINGS, follow, ticket, wait_live
+from tests.apiclient import bearer, follow, make_creator, make_drop, sign_up
+from tests.sse import open_stream, stream_ticket
+from tests.test_notifications import STREAM_SETTINGS, wait_live
 
 
 async def test_an_order_on_one_process_is_confirmed_on_a_stream_held_by_the_other(
@@ -33,7 +33,9 @@ async def test_an_order_on_one_process_is_confirmed_on_a_stream_held_by_the_othe
             drop = await make_drop(one, creator, starts_in=1.0, stock=5)
 
             # a ticket issued by the first process opens a stream on the second
-            async with open_stream(session, second.url, ticket=await ticket(one, buyer)) as held:
+            async with open_stream(
+                session, second.url, ticket=await stream_ticket(one, buyer)
+            ) as held:
                 [alert] = await held.wait_for("drop.went_live")
                 await wait_live(drop)
                 placed = await one.post(
