@@ -1,10 +1,15 @@
 """Shared fixtures: every backend-facing test runs on the embedded backends and, when their URLs
-are set (always under CI), on real Redis and PostgreSQL."""
+are set (always under CI), on real Redis and PostgreSQL.
+
+Each test run works in PostgreSQL databases of its own (`dropsim_test_{shard}` becomes
+`dropsim_test_r<pid>_{shard}`, created on first connect, dropped at the end), so a run never waits
+on, or wipes, what another run or a leftover process holds."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +21,62 @@ from dropsim.testing import embedded_settings
 
 REDIS_ENV = "DROPSIM_TEST_REDIS_URL"
 POSTGRES_ENV = "DROPSIM_TEST_POSTGRES_URL"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    template = os.environ.get(POSTGRES_ENV)
+    if template and "{shard}" in template and _THIS_RUN not in template:
+        os.environ[POSTGRES_ENV] = template.replace("{shard}", _THIS_RUN + "{shard}")
+        _drop_run_databases(os.environ[POSTGRES_ENV], stale_only=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    url = os.environ.get(POSTGRES_ENV)
+    if url and _THIS_RUN in url:
+        _drop_run_databases(url, stale_only=False)
+
+
+_THIS_RUN = f"run{os.getpid()}_"
+
+
+def _drop_run_databases(url: str, *, stale_only: bool) -> None:
+    """Drop this run's shard databases, or (`stale_only`) those of runs whose process is gone."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    prefix = parts.path.lstrip("/").split("{shard}")[0]  # dropsim_test_run<pid>_
+    family = re.escape(prefix.removesuffix(_THIS_RUN))  # dropsim_test_
+    pattern = re.compile(rf"{family}run(\d+)_\d+")
+
+    def wanted(name: str) -> bool:
+        match = pattern.fullmatch(name)
+        if match is None:
+            return False
+        if not stale_only:
+            return name.startswith(prefix)
+        try:
+            os.kill(int(match.group(1)), 0)  # is that run still going?
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")), timeout=10)
+        try:
+            for row in await admin.fetch("SELECT datname FROM pg_database"):
+                if wanted(row["datname"]):
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(drop())
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"note: could not drop test databases ({exc})")
 
 
 def real_url(variable: str, what: str) -> str:
@@ -30,7 +91,7 @@ def real_url(variable: str, what: str) -> str:
 
 
 def reset_redis(url: str) -> None:
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
     try:
         client.flushdb()
     finally:

@@ -6,6 +6,8 @@ on an empty server.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +22,9 @@ from dropsim.backends.sharding import shard_of
 from dropsim.errors import BackendUnavailable
 from dropsim.ports import Migration, Params, Queries, Row
 
+logger = logging.getLogger("dropsim.backends.postgres")
+
+_CLOSE_GRACE_SECONDS = 10.0
 _MIGRATION_LOCK = 0x64726F70  # "drop": serialises schema changes across processes
 
 
@@ -127,8 +132,14 @@ class PostgresDatabase:
             await queries.fetch_one("SELECT 1")
 
     async def close(self) -> None:
+        """Close every pool; a pool whose connections are not all back within
+        `_CLOSE_GRACE_SECONDS` (asyncpg waits for them forever) is terminated instead."""
         for pool in self._pools:
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), _CLOSE_GRACE_SECONDS)
+            except TimeoutError:
+                logger.error("a PostgreSQL pool did not close in time; terminating it")
+                pool.terminate()
 
 
 async def _ensure_database(url: str) -> None:
