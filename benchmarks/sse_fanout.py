@@ -38,12 +38,31 @@ def client_process(port: int, tokens: list[str], pipe: Connection) -> None:
     """Connect a stream per token, say when all are open, then report each alert's lag."""
     import uvloop
 
-    async def one(token: str, opened: asyncio.Queue[None], lags: list[float]) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-        writer.write(
-            f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-            "Accept: text/event-stream\r\n\r\n".encode()
-        )
+    async def connect(token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open one stream, retrying connects that are refused or reset (a full listen backlog)."""
+        for attempt in range(8):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+                writer.write(
+                    f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n".encode()
+                )
+                status = await reader.readline()
+            except OSError:
+                await asyncio.sleep(0.2 * 2**attempt)
+                continue
+            if status.split(b" ")[1:2] == [b"200"]:
+                return reader, writer
+            writer.close()
+            raise RuntimeError(f"the stream was refused: {status.decode().strip()}")
+        raise RuntimeError("could not connect after 8 attempts")
+
+    async def one(token: str, opened: asyncio.Queue[str | None], lags: list[float]) -> None:
+        try:
+            reader, writer = await connect(token)
+        except (OSError, RuntimeError) as exc:
+            opened.put_nowait(str(exc))
+            return
         announced = False
         while True:
             line = await reader.readline()
@@ -58,16 +77,19 @@ def client_process(port: int, tokens: list[str], pipe: Connection) -> None:
                 return
 
     async def main() -> None:
-        opened: asyncio.Queue[None] = asyncio.Queue()
+        opened: asyncio.Queue[str | None] = asyncio.Queue()
         lags: list[float] = []
         tasks = []
         for index, token in enumerate(tokens):
             tasks.append(asyncio.create_task(one(token, opened, lags)))
             if index % 200 == 199:
                 await asyncio.sleep(0.05)  # do not trip the listen backlog
-        for _ in tokens:
-            await opened.get()
-        pipe.send("open")
+        failures = [failure for _ in tokens if (failure := await opened.get()) is not None]
+        pipe.send(failures or "open")
+        if failures:
+            for task in tasks:
+                task.cancel()
+            return
         await asyncio.gather(*tasks)
         pipe.send(lags)
 
@@ -101,7 +123,11 @@ def run_round(
         pipes.append(ours)
         children.append(child)
     for pipe in pipes:
-        assert pipe.recv() == "open"
+        answer = pipe.recv()
+        if answer != "open":
+            for child in children:
+                child.join()
+            sys.exit(f"{len(answer)} streams could not be opened, for example: {answer[0]}")
     time.sleep(0.5)
     per_connection = (rss_kib(pid) - before) / len(tokens)
 
@@ -174,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

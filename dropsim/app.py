@@ -313,8 +313,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     auth = jwt_auth(settings.signing_secret())
     rate_limit = RateLimitMiddleware(rate_limit_config(settings))
+    # (a stream's "request duration" is how long it stayed open: its own gauge counts streams)
     request_metrics = PrometheusConfig(
-        app_name="dropsim", prefix="dropsim", group_path=True, exclude=[r"^/metrics", r"^/health"]
+        app_name="dropsim",
+        prefix="dropsim",
+        group_path=True,
+        exclude=[r"^/metrics", r"^/health", r"^/v1/stream$"],
     )
     return Litestar(
         route_handlers=[

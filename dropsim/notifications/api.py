@@ -10,7 +10,6 @@ from litestar import Request, Response, Router, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
-from litestar.response import ServerSentEvent
 from litestar.security.jwt import Token
 
 from dropsim.errors import AuthenticationFailed, InvalidRequest
@@ -19,6 +18,7 @@ from dropsim.gateway.auth import bearer_principal
 from dropsim.gateway.problems import problem
 from dropsim.gateway.tokens import Principal, TokenIssuer
 from dropsim.notifications.service import NotificationService, StreamsFull
+from dropsim.notifications.streaming import EventStream
 
 AuthedRequest = Request[Principal, Token, State]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=200)]
@@ -72,7 +72,7 @@ async def stream(
             title=full.title,
             headers={"Retry-After": str(full.retry_after_seconds)},
         )
-    return ServerSentEvent(frames)
+    return EventStream(frames)
 
 
 @get("/me/notifications")

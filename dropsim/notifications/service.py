@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from dropsim.creators.service import CreatorService
@@ -78,7 +78,7 @@ class NotificationService:
 
     async def open_stream(
         self, user_id: str, drop_ids: Sequence[str], last_event_id: str | None
-    ) -> AsyncIterator[Frame]:
+    ) -> AsyncGenerator[Frame, None]:
         """The frames of a new stream: the `retry:` advice, what the client missed since
         `last_event_id` (or a reset notice when that is beyond the log's retention), a stock
         snapshot per watched drop, then live frames until the client goes away."""
@@ -106,7 +106,7 @@ class NotificationService:
         subscriber: Subscriber,
         last_event_id: str | None,
         resume_key: tuple[int, int] | None,
-    ) -> AsyncIterator[Frame]:
+    ) -> AsyncGenerator[Frame, None]:
         hub = self._hub
         position = hub.attach(subscriber)
         SSE_CONNECTIONS.inc()
