@@ -4,9 +4,10 @@
 
 Starts one dropsim server process (embedded backends), seeds a creator with as many followers
 as the largest round needs, and for each N connects N followers from separate client processes
-(plain asyncio sockets on uvloop, so the clients cost little), lets a drop go live, and reports
-the lag of every client (receive time - the event's publish time `at`): p50, p99, max (the last
-client), and the server's memory per connection (RSS growth / N). Figures are printed, never
+(asyncio protocols on uvloop, so the clients cost little; they stay connected after the alert,
+as real ones do, until the round ends), lets a drop go live, and reports the lag of every client
+(arrival of the alert frame - the event's publish time `at`): p50, p99, max (the last client),
+and the server's memory per connection (RSS growth / N). Figures are printed, never
 asserted; the clock is the machine's, shared by server and clients.
 """
 
@@ -34,64 +35,97 @@ from dropsim.testing import ServerProcess, embedded_settings
 HANDLE = "fanout"
 
 
+class StreamClient(asyncio.Protocol):
+    """One stream, read with a protocol (no reader task): stamps the arrival of the alert frame
+    and stays connected, as a real client does, until the round is over."""
+
+    def __init__(self, token: str, opened: asyncio.Queue[str | None]) -> None:
+        self._request = (
+            f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        ).encode()
+        self._opened = opened
+        self._buffer = bytearray()
+        self._announced = False
+        self.transport: asyncio.Transport | None = None
+        self.received_at: float | None = None
+        self.alert = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.received_at is not None:
+            return
+        self._buffer += data
+        if not self._announced:
+            if b"\r\n" in self._buffer and not self._buffer.startswith(b"HTTP/1.1 200"):
+                self._announce(bytes(self._buffer.split(b"\r\n", 1)[0]).decode())
+            elif b"retry:" in self._buffer:
+                self._announce(None)
+            return
+        start = self._buffer.find(b"event: drop.went_live")
+        if start >= 0 and self._buffer.find(b"\r\n\r\n", start) >= 0:
+            self.received_at = time.time()
+            self.alert = bytes(self._buffer[start:])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._announced:
+            self._announce(f"the server closed the stream ({exc})")
+
+    def _announce(self, failure: str | None) -> None:
+        self._announced = True
+        self._buffer.clear()
+        self._opened.put_nowait(failure)
+
+    def lag(self) -> float:
+        """Arrival time - the event's publish time (`at` in its envelope)."""
+        assert self.received_at is not None
+        data = self.alert.split(b"data: ", 1)[1].split(b"\r\n", 1)[0]
+        at: float = json.loads(data)["at"]
+        return self.received_at - at
+
+
 def client_process(port: int, tokens: list[str], pipe: Connection) -> None:
-    """Connect a stream per token, say when all are open, then report each alert's lag."""
+    """Open a stream per token, say when all are open, then report each alert's lag."""
     import uvloop
 
-    async def connect(token: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Open one stream, retrying connects that are refused or reset (a full listen backlog)."""
+    async def connect(token: str, opened: asyncio.Queue[str | None]) -> StreamClient | None:
+        """Retries connects that are refused or reset (a full listen backlog)."""
+        loop = asyncio.get_running_loop()
         for attempt in range(8):
             try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-                writer.write(
-                    f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                    f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n".encode()
+                _, client = await loop.create_connection(
+                    lambda: StreamClient(token, opened), "127.0.0.1", port
                 )
-                status = await reader.readline()
+                return client
             except OSError:
                 await asyncio.sleep(0.2 * 2**attempt)
-                continue
-            if status.split(b" ")[1:2] == [b"200"]:
-                return reader, writer
-            writer.close()
-            raise RuntimeError(f"the stream was refused: {status.decode().strip()}")
-        raise RuntimeError("could not connect after 8 attempts")
-
-    async def one(token: str, opened: asyncio.Queue[str | None], lags: list[float]) -> None:
-        try:
-            reader, writer = await connect(token)
-        except (OSError, RuntimeError) as exc:
-            opened.put_nowait(str(exc))
-            return
-        announced = False
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            if line.startswith(b"retry:") and not announced:
-                announced = True
-                opened.put_nowait(None)
-            elif line.startswith(b"data: ") and b'"drop.went_live"' in line:
-                lags.append(time.time() - json.loads(line[6:])["at"])
-                writer.close()
-                return
+        opened.put_nowait("could not connect after 8 attempts")
+        return None
 
     async def main() -> None:
         opened: asyncio.Queue[str | None] = asyncio.Queue()
-        lags: list[float] = []
-        tasks = []
+        pending = []
         for index, token in enumerate(tokens):
-            tasks.append(asyncio.create_task(one(token, opened, lags)))
+            pending.append(asyncio.create_task(connect(token, opened)))
             if index % 200 == 199:
                 await asyncio.sleep(0.05)  # do not trip the listen backlog
+        clients = [client for client in await asyncio.gather(*pending) if client is not None]
         failures = [failure for _ in tokens if (failure := await opened.get()) is not None]
         pipe.send(failures or "open")
-        if failures:
-            for task in tasks:
-                task.cancel()
-            return
-        await asyncio.gather(*tasks)
-        pipe.send(lags)
+        if not failures:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if all(client.received_at is not None for client in clients):
+                    break
+                await asyncio.sleep(0.05)
+            pipe.send([client.lag() for client in clients if client.received_at is not None])
+        for client in clients:
+            if client.transport is not None:
+                client.transport.close()
 
     uvloop.run(main())
 

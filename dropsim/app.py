@@ -61,7 +61,7 @@ from dropsim.orders.stock_gauges import StockGauges
 from dropsim.orders.store import OrderStore
 from dropsim.payments import store as payment_tables
 from dropsim.payments.api import payments_router
-from dropsim.payments.housekeeping import CallbackPruner
+from dropsim.payments.housekeeping import CallbackPruner, PaymentRecovery
 from dropsim.payments.provider import EmbeddedProvider, provider_config
 from dropsim.payments.service import PaymentService
 from dropsim.payments.store import PaymentStore
@@ -74,6 +74,9 @@ from dropsim.web import web_router
 logger = logging.getLogger("dropsim")
 
 CALLBACK_PRUNE_INTERVAL_SECONDS = 3600.0
+PAYMENT_RESETTLE_SECONDS = 3600.0
+"""At start-up, payments that succeeded this recently are settled again: a refund cut short by
+a crash concerns a success from just before it, and a restart comes well within the hour."""
 
 GC_YOUNG_THRESHOLD = 50_000
 """Allocations between young-generation collections in a server process (CPython's is 700)."""
@@ -213,6 +216,11 @@ def _lifespan(settings: Settings, rate_limit: RateLimitMiddleware) -> Any:
                 retention_seconds=settings.payment_callback_retention_seconds,
                 interval_seconds=CALLBACK_PRUNE_INTERVAL_SECONDS,
             )
+            recovery = PaymentRecovery(
+                services.payments,
+                resettle_seconds=PAYMENT_RESETTLE_SECONDS,
+                interval_seconds=max(1.0, settings.payment_timeout_seconds / 2),
+            )
             gauges = StockGauges(services.creators, services.orders)
             app.state.backends = backends
             app.state.services = services
@@ -224,6 +232,7 @@ def _lifespan(settings: Settings, rate_limit: RateLimitMiddleware) -> Any:
                 services.stock_updates,
                 heartbeat,
                 pruner,
+                recovery,
             )
             for task in background:
                 task.start()

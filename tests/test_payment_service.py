@@ -30,6 +30,7 @@ from dropsim.orders.service import Settlement
 from dropsim.payments.api import payments_router
 from dropsim.payments.models import (
     FINAL,
+    OPEN,
     Effect,
     Payment,
     PaymentStatus,
@@ -561,6 +562,83 @@ async def test_close_cancels_the_work_in_flight(make_rig: MakeRig) -> None:
     assert rig.service._tasks == set()
     assert await rig.status(an_order(key="after-close")) is None
     assert rig.settle.calls == []
+
+
+def an_abandoned_payment(order: Order, status: PaymentStatus, age_seconds: float) -> Payment:
+    """A payment as a process that died would have left it, `age_seconds` old."""
+    then = datetime.now(UTC) - timedelta(seconds=age_seconds)
+    return Payment(
+        id=f"pay_{order.id}",
+        order_id=order.id,
+        user_id=order.user_id,
+        drop_id=order.drop_id,
+        amount_cents=order.amount_cents,
+        idempotency_key=f"{order.user_id}:{order.idempotency_key}",
+        status=status,
+        created_at=then,
+        updated_at=then,
+    )
+
+
+async def test_recovery_times_out_payments_a_dead_process_left_open(make_rig: MakeRig) -> None:
+    rig = await make_rig(provider={"callback_loss_rate": 1.0}, timeout_seconds=1.0)
+    abandoned = [an_order(key="left-requested"), an_order(key="left-pending")]
+    recent = an_order(key="recent")
+    for order, status in zip(abandoned, sorted(OPEN), strict=True):
+        assert await rig.store.insert(an_abandoned_payment(order, status, age_seconds=600))
+    assert await rig.store.insert(an_abandoned_payment(recent, PaymentStatus.REQUESTED, 0.1))
+
+    first = await rig.service.recover()
+    again = await rig.service.recover()
+
+    assert (first.timed_out, again.timed_out) == (2, 0)
+    for order in abandoned:
+        assert await rig.status(order) is PaymentStatus.TIMED_OUT
+    assert await rig.status(recent) is PaymentStatus.REQUESTED  # its pursuer may be alive
+    assert sorted(rig.settle.calls) == sorted(
+        (order.id, order.user_id, order.drop_id, False, "provider_timeout") for order in abandoned
+    )
+    assert await rig.event_types() == ["payment.failed", "payment.failed"]
+
+
+async def test_recovery_leaves_alone_what_this_process_still_pursues(make_rig: MakeRig) -> None:
+    skew = [0.0]  # this process's clock runs ahead by this much (as another process's might)
+    rig = await make_rig(
+        provider={"callback_loss_rate": 1.0},
+        timeout_seconds=0.5,
+        clock=lambda: time.time() + skew[0],
+    )
+    order = an_order()
+    await rig.service.request_payment(order)
+    await rig.wait_for(order, PaymentStatus.PENDING)
+    skew[0] = 600.0  # the payment now looks long abandoned, but its pursuer is right here
+
+    assert (await rig.service.recover()).timed_out == 0
+
+    await rig.wait_for(order, PaymentStatus.TIMED_OUT)  # by its own pursuer, once
+    await settled_quietly(rig)
+    assert len(rig.settle.calls) == 1
+
+
+async def test_recovery_finishes_a_refund_a_crash_cut_short(make_rig: MakeRig) -> None:
+    rig = await make_rig()
+    order = an_order()
+    await rig.service.request_payment(order)
+    payment = await rig.wait_for(order, PaymentStatus.SUCCEEDED)
+    await settled_quietly(rig)
+    # the process died after the success and before it could confirm; when the order service
+    # hears of it again, the hold has lapsed and it answers REFUND
+    rig.settle.on_success = Settlement.REFUND
+
+    assert (await rig.service.recover()).resettled == 0  # not asked to look at successes
+    recovery = await rig.service.recover(resettle_seconds=60)
+
+    assert recovery.resettled == 1
+    refunded = await rig.wait_for(order, PaymentStatus.REFUNDED)
+    assert refunded.failure_reason == "reservation_expired"
+    assert rig.provider is not None
+    assert rig.provider.charges[str(payment.provider_charge_id)].status == "refunded"
+    assert (await rig.service.recover(resettle_seconds=60)).resettled == 0  # done with it
 
 
 async def test_callback_ids_are_forgotten_only_past_the_retention(store: PaymentStore) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,16 @@ from tests.rush import buyer_tokens, open_drop, rush, rush_client, settled_audit
 STOCK = 300
 
 
+def shard_files(settings: Settings) -> list[Path]:
+    """The SQLite shard files (read straight, as the server's own process writes them)."""
+    template = settings.db_url.removeprefix("sqlite:///")
+    return [Path(template.replace("{shard}", str(shard))) for shard in range(settings.shards)]
+
+
 def ledger(settings: Settings, drop_id: str) -> dict[str, str]:
-    """order id -> status, read straight from the SQLite shard files."""
+    """order id -> status."""
     statuses: dict[str, str] = {}
-    for shard in range(settings.shards):
-        path = Path(settings.db_url.removeprefix("sqlite:///").replace("{shard}", str(shard)))
+    for path in shard_files(settings):
         with sqlite3.connect(path) as connection:
             statuses.update(
                 connection.execute(
@@ -32,11 +38,28 @@ def ledger(settings: Settings, drop_id: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+def open_payments(settings: Settings, drop_id: str, created_before: float) -> list[str]:
+    """Ids of the drop's payments still requested or pending that were made before a time."""
+    found: list[str] = []
+    for path in shard_files(settings):
+        with sqlite3.connect(path) as connection:
+            found += [
+                row[0]
+                for row in connection.execute(
+                    "SELECT id FROM payments WHERE drop_id = ? AND created_at < ? "
+                    "AND status IN ('requested', 'pending')",
+                    (drop_id, created_before),
+                )
+            ]
+    return found
+
+
 async def test_killed_mid_rush_comes_back_consistent(tmp_path: Path) -> None:
     settings = embedded_settings(
         tmp_path,
-        provider_latency_median_ms=10,
-        provider_latency_p99_ms=100,
+        # slow enough that charges are in flight when the server dies
+        provider_latency_median_ms=200,
+        provider_latency_p99_ms=3000,
         provider_failure_rate=0.1,
         payment_timeout_seconds=8,
         reservation_hold_seconds=10,
@@ -59,6 +82,7 @@ async def test_killed_mid_rush_comes_back_consistent(tmp_path: Path) -> None:
             await asyncio.sleep(0.5)
             assert not rushing.done(), "the rush ended before the crash"
             first.kill()  # SIGKILL: no shutdown, fakeredis (counters, reservations) is gone
+            crashed_at = time.time()
             seen = await rushing
     finally:
         first.stop()
@@ -66,6 +90,8 @@ async def test_killed_mid_rush_comes_back_consistent(tmp_path: Path) -> None:
     confirmed_before = {order for order, status in before.items() if status == "confirmed"}
     assert confirmed_before
     assert seen.codes["connection_lost"] > 0, "the rush ended before the crash"
+    abandoned = open_payments(settings, drop["id"], crashed_at)
+    assert abandoned, "no payment was in flight at the crash"
 
     with ServerProcess(settings) as second:
         async with rush_client(second.url) as client:
@@ -88,4 +114,10 @@ async def test_killed_mid_rush_comes_back_consistent(tmp_path: Path) -> None:
                 )
                 audit = await settled_audit(client, second.settings, drop["id"])
                 assert audit["ok"], audit
+
+            # what the dead process was still charging is concluded by the new one's recovery
+            deadline = time.monotonic() + 60
+            while left := open_payments(settings, drop["id"], crashed_at):
+                assert time.monotonic() < deadline, f"{len(left)} of {len(abandoned)} still open"
+                await asyncio.sleep(0.5)
     assert audit["sold"] == STOCK

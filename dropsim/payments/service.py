@@ -7,9 +7,10 @@ callbacks, and retries of our own can interleave in any order and the order is s
 
 Timeouts are watched per process: the process that requested a charge sleeps until its
 deadline and then tries `pending -> timed_out`; a callback handled by any other process wins or
-loses that race through the same compare-and-set. If the requesting process dies, nobody times
-the payment out, but the order service's reaper still releases the reservation when its hold
-lapses, and a success that arrives after that is refunded (the order service answers REFUND).
+loses that race through the same compare-and-set. If the requesting process dies, `recover`
+(run at start-up and then periodically by every process) times out the payments it left open,
+and settles again the payments that succeeded lately, which finishes a refund the dead process
+had begun for an order whose hold had lapsed (the order service answers REFUND again).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -53,6 +55,9 @@ UNREACHABLE_REASON = "provider_unreachable"
 UNAVAILABLE_REASON = "provider_unavailable"
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 _MAX_RACES = 8
+RECOVERY_GRACE_SECONDS = 5.0
+"""How long past the payment timeout an open payment must be before `recover` takes it as
+abandoned (its pursuer would have timed it out by then, clocks differing a little)."""
 
 
 class Settle(Protocol):
@@ -90,6 +95,14 @@ class _Event(msgspec.Struct):
 
 
 _decode_event = msgspec.json.Decoder(_Event).decode
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What one `PaymentService.recover` pass did."""
+
+    timed_out: int
+    resettled: int
 
 
 class ChargeRefused(Exception):
@@ -421,6 +434,29 @@ class PaymentService:
             raise RuntimeError(f"cannot refund order {order_id}: no charge id known")
         logger.info("refunding charge %s of order %s", charge_id, order_id)
         await self._refund(charge_id)
+
+    # recovery
+    async def recover(self, *, resettle_seconds: float = 0.0) -> Recovery:
+        """Conclude what a dead process left behind: payments still open a grace period past
+        the payment timeout are timed out (their pursuer is gone; a late success is refunded as
+        for any timeout), and with `resettle_seconds` the payments that succeeded within that
+        many seconds are reported to the order service again (idempotent there; it answers
+        REFUND for an order whose hold lapsed, and the refund is made, again if need be)."""
+        now = self._clock()
+        timed_out = resettled = 0
+        for payment in await self._store.unfinished(now - self._timeout - RECOVERY_GRACE_SECONDS):
+            if payment.order_id in self._finished:
+                continue  # this process is still pursuing it
+            logger.warning("timing out the abandoned payment of order %s", payment.order_id)
+            await self._apply(
+                payment.user_id, payment.order_id, Signal.TIMED_OUT, reason=TIMEOUT_REASON
+            )
+            timed_out += 1
+        if resettle_seconds > 0:
+            for payment in await self._store.succeeded_since(now - resettle_seconds):
+                await self._confirm(payment, payment.provider_charge_id, announce=False)
+                resettled += 1
+        return Recovery(timed_out=timed_out, resettled=resettled)
 
     # audit
     async def prune_callbacks(self, older_than_seconds: float) -> int:

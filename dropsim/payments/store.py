@@ -30,6 +30,10 @@ MIGRATIONS = (
             "ON payment_callbacks (received_at)",
         ),
     ),
+    Migration(
+        "payments-003",
+        ("CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, updated_at)",),
+    ),
 )
 
 _COLUMNS = (
@@ -160,6 +164,22 @@ class PaymentStore:
             (drop_id, PaymentStatus.SUCCEEDED.value),
         )
         return [(row[0], row[1], row[2]) for row in rows]
+
+    async def unfinished(self, updated_before: float) -> list[Payment]:
+        """Payments still `requested` or `pending` that last changed before `updated_before`."""
+        rows = await self._everywhere(
+            f"SELECT {_COLUMNS} FROM payments WHERE status IN (?, ?) AND updated_at < ?",
+            (PaymentStatus.REQUESTED.value, PaymentStatus.PENDING.value, updated_before),
+        )
+        return [_payment(row) for row in rows]
+
+    async def succeeded_since(self, updated_after: float) -> list[Payment]:
+        """Payments that reached `succeeded` (and stayed there) after `updated_after`."""
+        rows = await self._everywhere(
+            f"SELECT {_COLUMNS} FROM payments WHERE status = ? AND updated_at >= ?",
+            (PaymentStatus.SUCCEEDED.value, updated_after),
+        )
+        return [_payment(row) for row in rows]
 
     async def _everywhere(self, query: str, params: Sequence[object]) -> list[Row]:
         shards = await asyncio.gather(
