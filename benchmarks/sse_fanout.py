@@ -24,6 +24,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 
@@ -39,32 +40,33 @@ class StreamClient(asyncio.Protocol):
     """One stream, read with a protocol (no reader task): stamps the arrival of the alert frame
     and stays connected, as a real client does, until the round is over."""
 
-    def __init__(self, token: str, opened: asyncio.Queue[str | None]) -> None:
+    def __init__(self, token: str) -> None:
         self._request = (
             f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
             "Accept: text/event-stream\r\n\r\n"
         ).encode()
-        self._opened = opened
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done when the stream's first frame arrived (an error if it was refused or lost)."""
         self._buffer = bytearray()
-        self._announced = False
         self.transport: asyncio.Transport | None = None
         self.received_at: float | None = None
         self.alert = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self._request)
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+        self.transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         if self.received_at is not None:
             return
         self._buffer += data
-        if not self._announced:
+        if not self.opened.done():
             if b"\r\n" in self._buffer and not self._buffer.startswith(b"HTTP/1.1 200"):
-                self._announce(bytes(self._buffer.split(b"\r\n", 1)[0]).decode())
+                status = bytes(self._buffer.split(b"\r\n", 1)[0]).decode()
+                self.opened.set_exception(RuntimeError(f"the stream was refused: {status}"))
             elif b"retry:" in self._buffer:
-                self._announce(None)
+                self._buffer.clear()
+                self.opened.set_result(None)
             return
         start = self._buffer.find(b"event: drop.went_live")
         if start >= 0 and self._buffer.find(b"\r\n\r\n", start) >= 0:
@@ -72,13 +74,8 @@ class StreamClient(asyncio.Protocol):
             self.alert = bytes(self._buffer[start:])
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._announced:
-            self._announce(f"the server closed the stream ({exc})")
-
-    def _announce(self, failure: str | None) -> None:
-        self._announced = True
-        self._buffer.clear()
-        self._opened.put_nowait(failure)
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionResetError(f"lost before the first frame: {exc}"))
 
     def lag(self) -> float:
         """Arrival time - the event's publish time (`at` in its envelope)."""
@@ -92,29 +89,32 @@ def client_process(port: int, tokens: list[str], pipe: Connection) -> None:
     """Open a stream per token, say when all are open, then report each alert's lag."""
     import uvloop
 
-    async def connect(token: str, opened: asyncio.Queue[str | None]) -> StreamClient | None:
-        """Retries connects that are refused or reset (a full listen backlog)."""
+    async def connect(token: str) -> StreamClient | str:
+        """The open stream, or why it could not be opened; connects that are refused or reset
+        (a full listen backlog) are retried."""
         loop = asyncio.get_running_loop()
         for attempt in range(8):
             try:
                 _, client = await loop.create_connection(
-                    lambda: StreamClient(token, opened), "127.0.0.1", port
+                    lambda: StreamClient(token), "127.0.0.1", port
                 )
+                await client.opened
                 return client
             except OSError:
                 await asyncio.sleep(0.2 * 2**attempt)
-        opened.put_nowait("could not connect after 8 attempts")
-        return None
+            except RuntimeError as refused:
+                return str(refused)
+        return "could not connect after 8 attempts"
 
     async def main() -> None:
-        opened: asyncio.Queue[str | None] = asyncio.Queue()
         pending = []
         for index, token in enumerate(tokens):
-            pending.append(asyncio.create_task(connect(token, opened)))
+            pending.append(asyncio.create_task(connect(token)))
             if index % 200 == 199:
                 await asyncio.sleep(0.05)  # do not trip the listen backlog
-        clients = [client for client in await asyncio.gather(*pending) if client is not None]
-        failures = [failure for _ in tokens if (failure := await opened.get()) is not None]
+        outcomes = await asyncio.gather(*pending)
+        clients = [outcome for outcome in outcomes if isinstance(outcome, StreamClient)]
+        failures = [outcome for outcome in outcomes if isinstance(outcome, str)]
         pipe.send(failures or "open")
         if not failures:
             deadline = time.monotonic() + 60
@@ -142,6 +142,14 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+def from_child(pipe: Connection, child: multiprocessing.Process) -> Any:
+    """The client process's next message; exits if the process died instead of sending it."""
+    while not pipe.poll(1.0):
+        if not child.is_alive():
+            sys.exit(f"a client process died (exit code {child.exitcode}); see its traceback")
+    return pipe.recv()
+
+
 def run_round(
     server: ServerProcess, client: httpx.Client, creator: str, tokens: list[str], processes: int
 ) -> dict[str, float]:
@@ -156,8 +164,8 @@ def run_round(
         child.start()
         pipes.append(ours)
         children.append(child)
-    for pipe in pipes:
-        answer = pipe.recv()
+    for pipe, child in zip(pipes, children, strict=True):
+        answer = from_child(pipe, child)
         if answer != "open":
             for child in children:
                 child.join()
@@ -179,7 +187,9 @@ def run_round(
         headers=_bearer(creator),
     )
     assert drop.status_code == 201, drop.text
-    lags = [lag for pipe in pipes for lag in pipe.recv()]
+    lags = [
+        lag for pipe, child in zip(pipes, children, strict=True) for lag in from_child(pipe, child)
+    ]
     for child in children:
         child.join()
     assert len(lags) == len(tokens), f"{len(lags)} of {len(tokens)} clients got the alert"
