@@ -88,10 +88,14 @@ class SettleRecorder:
 
     calls: list[tuple[str, str, str, bool, str]] = field(default_factory=list)
     on_success: Settlement = Settlement.CONFIRMED
+    unreachable_for: set[str] = field(default_factory=set)
+    """Order ids whose settlement fails (the order service cannot be reached for them)."""
 
     async def __call__(
         self, order_id: str, user_id: str, drop_id: str, *, succeeded: bool, reason: str = ""
     ) -> Settlement:
+        if order_id in self.unreachable_for:
+            raise ConnectionError(f"cannot settle {order_id}")
         self.calls.append((order_id, user_id, drop_id, succeeded, reason))
         return self.on_success if succeeded else Settlement.RELEASED
 
@@ -599,6 +603,24 @@ async def test_recovery_times_out_payments_a_dead_process_left_open(make_rig: Ma
         (order.id, order.user_id, order.drop_id, False, "provider_timeout") for order in abandoned
     )
     assert await rig.event_types() == ["payment.failed", "payment.failed"]
+
+
+async def test_one_payment_recovery_cannot_conclude_does_not_hold_up_the_rest(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(timeout_seconds=1.0)
+    stuck, fine = an_order(key="stuck"), an_order(key="fine")
+    for order in (stuck, fine):
+        assert await rig.store.insert(
+            an_abandoned_payment(order, PaymentStatus.REQUESTED, age_seconds=600)
+        )
+    rig.settle.unreachable_for.add(stuck.id)
+
+    recovery = await rig.service.recover()
+
+    assert (recovery.timed_out, recovery.failed) == (1, 1)
+    assert [call[0] for call in rig.settle.calls] == [fine.id]
+    assert await rig.status(fine) is PaymentStatus.TIMED_OUT
 
 
 async def test_recovery_leaves_alone_what_this_process_still_pursues(make_rig: MakeRig) -> None:

@@ -50,17 +50,20 @@ class PaymentRecovery(BackgroundTask):
         self._interval = interval_seconds
 
     async def _run(self) -> None:
-        resettle = self._resettle  # the succeeded ones once, at start-up
+        resettle = self._resettle  # the succeeded ones at start-up, until all are settled
         while True:
             try:
                 done = await self._payments.recover(resettle_seconds=resettle)
-                if done.timed_out or done.resettled:
+                if done.timed_out or done.resettled or done.failed:
                     logger.info(
-                        "payment recovery: %d abandoned timed out, %d succeeded settled again",
+                        "payment recovery: %d abandoned timed out, %d succeeded settled again, "
+                        "%d to try again",
                         done.timed_out,
                         done.resettled,
+                        done.failed,
                     )
-                resettle = 0.0
+                if not done.failed:
+                    resettle = 0.0
             except Exception:
                 logger.exception("payment recovery failed; trying again later")
             await asyncio.sleep(self._interval)

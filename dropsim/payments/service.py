@@ -103,6 +103,8 @@ class Recovery:
 
     timed_out: int
     resettled: int
+    failed: int
+    """Payments it could not conclude this time (logged; the next pass tries again)."""
 
 
 class ChargeRefused(Exception):
@@ -443,20 +445,28 @@ class PaymentService:
         many seconds are reported to the order service again (idempotent there; it answers
         REFUND for an order whose hold lapsed, and the refund is made, again if need be)."""
         now = self._clock()
-        timed_out = resettled = 0
+        timed_out = resettled = failed = 0
         for payment in await self._store.unfinished(now - self._timeout - RECOVERY_GRACE_SECONDS):
             if payment.order_id in self._finished:
                 continue  # this process is still pursuing it
             logger.warning("timing out the abandoned payment of order %s", payment.order_id)
-            await self._apply(
-                payment.user_id, payment.order_id, Signal.TIMED_OUT, reason=TIMEOUT_REASON
-            )
-            timed_out += 1
+            try:
+                await self._apply(
+                    payment.user_id, payment.order_id, Signal.TIMED_OUT, reason=TIMEOUT_REASON
+                )
+                timed_out += 1
+            except Exception:  # one payment that fails must not hold up the others
+                logger.exception("could not time out the payment of order %s", payment.order_id)
+                failed += 1
         if resettle_seconds > 0:
             for payment in await self._store.succeeded_since(now - resettle_seconds):
-                await self._confirm(payment, payment.provider_charge_id, announce=False)
-                resettled += 1
-        return Recovery(timed_out=timed_out, resettled=resettled)
+                try:
+                    await self._confirm(payment, payment.provider_charge_id, announce=False)
+                    resettled += 1
+                except Exception:
+                    logger.exception("could not settle order %s again", payment.order_id)
+                    failed += 1
+        return Recovery(timed_out=timed_out, resettled=resettled, failed=failed)
 
     # audit
     async def prune_callbacks(self, older_than_seconds: float) -> int:
