@@ -2,7 +2,7 @@
 are set (always under CI), on real Redis and PostgreSQL.
 
 Each test run works in PostgreSQL databases of its own (`dropsim_test_{shard}` becomes
-`dropsim_test_r<pid>_{shard}`, created on first connect, dropped at the end), so a run never waits
+`dropsim_test_run<pid>_{shard}`, created on first connect, dropped at the end), so a run never waits
 on, or wipes, what another run or a leftover process holds."""
 
 from __future__ import annotations
