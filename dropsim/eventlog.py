@@ -9,6 +9,7 @@ from typing import cast
 import msgspec
 from prometheus_client import Counter
 
+from dropsim.batching import Batcher
 from dropsim.events import Envelope, Event
 from dropsim.metrics import EVENTS_PUBLISHED
 from dropsim.ports import KeyValueStore
@@ -49,6 +50,19 @@ def id_key(event_id: str) -> tuple[int, int]:
     return int(millis), int(sequence or 0)
 
 
+# KEYS: the stream    ARGV: max length (approximate), then per event: type, at, data
+# Appends a batch of events in order; returns their ids.
+APPEND = """
+local ids = {}
+for i = 0, (#ARGV - 1) / 3 - 1 do
+  local a = 2 + 3 * i
+  ids[i + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                          'type', ARGV[a], 'at', ARGV[a + 1], 'data', ARGV[a + 2])
+end
+return ids
+"""
+
+
 class EventLog:
     """Append events and read them back in order from any id."""
 
@@ -56,22 +70,26 @@ class EventLog:
         self._kv = kv
         self._max_len = max_len
         self._stream = stream
+        self._append = kv.register_script(APPEND)
+        self._appends: Batcher[tuple[str, str, str], str] = Batcher(self._append_batch)
 
     async def publish(self, event: Event) -> str:
-        """Append `event`; return its id (the stream id, which orders events globally)."""
-        fields = {
-            "type": event.type,
-            "at": repr(time.time()),
-            "data": msgspec.json.encode(event).decode(),
-        }
-        event_id = await self._kv.xadd(
-            self._stream,
-            fields,  # type: ignore[arg-type]  # redis-py's mapping type is invariant
-            maxlen=self._max_len,
-            approximate=True,
+        """Append `event`; return its id (the stream id, which orders events globally).
+
+        Concurrent publishes share one script call and keep the order they were made in; the
+        envelope's `at` is the time of this call."""
+        event_id = await self._appends.submit(
+            (event.type, repr(time.time()), msgspec.json.encode(event).decode())
         )
         _count_published(event.type)
-        return str(event_id)
+        return event_id
+
+    async def _append_batch(self, events: list[tuple[str, str, str]]) -> list[str]:
+        args: list[str | int] = [self._max_len]
+        for fields in events:
+            args += fields
+        ids: list[str] = await self._append(keys=[self._stream], args=args)
+        return [str(event_id) for event_id in ids]
 
     async def read_after(self, after_id: str = "0-0", count: int = 1000) -> list[Envelope]:
         """Events with ids strictly greater than `after_id`, oldest first."""

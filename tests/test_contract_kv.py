@@ -254,6 +254,18 @@ async def test_event_log_publishes_in_order_and_reads_after_an_id(kv: KeyValueSt
     assert [envelope.id for envelope in await log.read_after(ids[0], count=2)] == ids[1:3]
 
 
+async def test_concurrent_publishes_share_calls_and_keep_their_order(kv: KeyValueStore) -> None:
+    log = EventLog(kv, stream="burst-events")
+    events = [CreatorFollowed(creator_id="c1", user_id=f"u{i}") for i in range(300)]
+    ids = await asyncio.gather(*(log.publish(event) for event in events))
+
+    assert len(set(ids)) == len(ids)
+    assert [stream_order(i) for i in ids] == sorted(stream_order(i) for i in ids)
+    stored = await log.read_after(count=1000)
+    assert [envelope.id for envelope in stored] == ids
+    assert [envelope.data["user_id"] for envelope in stored] == [f"u{i}" for i in range(300)]
+
+
 async def test_event_log_length_is_capped_roughly(kv: KeyValueStore) -> None:
     log = EventLog(kv, max_len=100, stream="capped-events")
     ids = [await log.publish(DropSoldOut(drop_id=f"d{i}", creator_id="c")) for i in range(350)]

@@ -115,26 +115,44 @@ def machine_for(kv_url: str) -> type[RuleBasedStateMachine]:
             )
         )
         def concurrent_reserves(self, burst: list[tuple[str, int]]) -> None:
-            """Many reserves in flight at once: the scripts must serialise them."""
+            """Many reserves in flight at once share script calls: each is decided exactly as
+            the same reserves made one after another, in the order they were asked for."""
             calls = [self._reserve(user, quantity) for user, quantity in burst]
 
             async def together() -> list[Any]:
                 return list(await asyncio.gather(*(call for _, call in calls)))
 
             results = self.run(together())
-            reserved_units = sum(
-                quantity
-                for (user, quantity), outcome in zip(burst, results, strict=True)
-                if outcome.outcome is Reserved.RESERVED
-            )
-            before = self.stock - self.sold - sum(q for _, q, _ in self.live.values())
-            assert reserved_units <= before
             for (order_id, _), (user, quantity), outcome in zip(calls, burst, results, strict=True):
-                if outcome.outcome is Reserved.RESERVED:
-                    self.held[user] = self.held.get(user, 0) + quantity
-                    self.live[order_id] = (user, quantity, self.now + HOLD_MS)
-            for user, units in self.held.items():
-                assert units <= self.limit, user
+                self._apply(order_id, user, quantity, outcome)
+
+        @rule(user=st.sampled_from(USERS), copies=st.integers(2, 4))
+        def double_click(self, user: str, copies: int) -> None:
+            """The same key sent several times at once: one reservation, the rest in flight."""
+            self.counter += 1
+            key = f"idem:{user}:click{self.counter}"
+
+            def attempt(index: int) -> Any:
+                return self.inventory.reserve(
+                    idempotency_key=key,
+                    fingerprint="fp",
+                    drop_id=DROP,
+                    order_id=f"ord_click{self.counter}_{index}",
+                    user_id=user,
+                    quantity=1,
+                    now_ms=self.now,
+                    hold_ms=HOLD_MS,
+                    running_ttl_s=60,
+                    done_ttl_s=3600,
+                )
+
+            async def together() -> list[Any]:
+                return list(await asyncio.gather(*(attempt(i) for i in range(copies))))
+
+            first, *rest = self.run(together())
+            self._apply(f"ord_click{self.counter}_0", user, 1, first)
+            expected = Reserved.IN_FLIGHT if first.outcome is Reserved.RESERVED else Reserved.REPLAY
+            assert [outcome.outcome for outcome in rest] == [expected] * len(rest)
 
         @rule(order_id=consumes(reservations))
         def commit(self, order_id: str) -> None:

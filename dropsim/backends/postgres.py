@@ -40,6 +40,19 @@ def _rowcount(status: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
+class _SessionlessConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A connection given back to its pool without the reset query.
+
+    asyncpg's default reset (`CLOSE ALL; UNLISTEN *; RESET ALL; SELECT pg_advisory_unlock_all()`)
+    is one more round trip on every release, i.e. on every autocommit statement. dropsim keeps no
+    session state (no LISTEN, SET, session advisory locks or cursors outside a transaction), and
+    asyncpg still rolls back a transaction left open, so nothing needs resetting.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class _ConnectionQueries:
     def __init__(self, connection: Any) -> None:
         self._connection = connection
@@ -101,7 +114,11 @@ class PostgresDatabase:
                 shard_url = url.replace("{shard}", str(index))
                 await _ensure_database(shard_url)
                 pool = await asyncpg.create_pool(
-                    shard_url, min_size=min_size, max_size=max_size, command_timeout=60
+                    shard_url,
+                    min_size=min_size,
+                    max_size=max_size,
+                    command_timeout=60,
+                    connection_class=_SessionlessConnection,
                 )
                 pools.append(pool)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -18,6 +18,7 @@ import aiosqlite
 
 from dropsim.backends.migrations import apply_pending
 from dropsim.backends.sharding import shard_of
+from dropsim.batching import Batcher
 from dropsim.errors import BackendUnavailable
 from dropsim.ports import Migration, Params, Queries, Row
 
@@ -100,37 +101,15 @@ class _AutocommitQueries:
 
     def __init__(self, shard: _Shard) -> None:
         self._shard = shard
-        self._pending: list[tuple[str, Params, asyncio.Future[int]]] = []
-        self._flushing = False
+        self._writes: Batcher[tuple[str, Params], int] = Batcher(self._write, max_batch=1000)
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((sql, params, future))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.create_task(self._flush())  # noqa: RUF006 (the futures carry the results)
-        return await future
+        return await self._writes.submit((sql, params))
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    async with self._shard.lock:
-                        outcomes = await self._in_thread(
-                            _each, [(sql, params) for sql, params, _ in batch]
-                        )
-                except Exception as exc:  # the connection itself failed
-                    outcomes = [exc] * len(batch)
-                for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(outcome, BaseException):
-                        future.set_exception(outcome)
-                    else:
-                        future.set_result(outcome)
-        finally:
-            self._flushing = False
+    async def _write(self, statements: list[tuple[str, Params]]) -> list[int | BaseException]:
+        async with self._shard.lock:
+            outcomes: list[int | BaseException] = await self._in_thread(_each, statements)
+        return outcomes
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
         async with self._shard.lock:

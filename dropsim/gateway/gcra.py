@@ -15,11 +15,11 @@ Cluster without hash tags that put them together.)
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dropsim.batching import Batcher
 from dropsim.gateway.limits import Limit
 from dropsim.ports import KeyValueStore
 
@@ -122,19 +122,12 @@ class RateGate:
 
     def __init__(self, kv: KeyValueStore, *, max_batch: int = 256) -> None:
         self._script = kv.register_script(GCRA)
-        self._max_batch = max_batch
-        self._pending: list[tuple[Budgets, asyncio.Future[Decision]]] = []
-        self._flushing = False
+        self._checks: Batcher[Budgets, Decision] = Batcher(self.decide, max_batch=max_batch)
 
     async def check(self, budgets: Budgets) -> Decision:
         """Charge one request to every `(key, limit)` if all allow it, else to none, on the KV
         server's clock (which every server process shares)."""
-        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self._pending.append((budgets, future))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.create_task(self._flush())  # noqa: RUF006 (the futures hold the results)
-        return await future
+        return await self._checks.submit(budgets)
 
     async def decide(
         self, requests: Sequence[Budgets], *, now_us: int | None = None
@@ -169,21 +162,3 @@ class RateGate:
             )
             at = end
         return decisions
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[: self._max_batch]
-                self._pending = self._pending[self._max_batch :]
-                try:
-                    decisions = await self.decide([budgets for budgets, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), decision in zip(batch, decisions, strict=True):
-                    if not future.done():  # its request was cancelled meanwhile
-                        future.set_result(decision)
-        finally:
-            self._flushing = False

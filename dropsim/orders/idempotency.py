@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import cast
 
+from dropsim.batching import Batcher
 from dropsim.ports import KeyValueStore
 
 KEPT_SECONDS = 24 * 3600
@@ -40,11 +41,25 @@ class StoredResponse:
     body: str | None
 
 
+# KEYS: record keys    ARGV: ttl s, then per key: status, body
+# Stores the responses of a batch of finished requests (state=done), each kept `ttl` seconds.
+FINISH = """
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  redis.call('HSET', KEYS[i], 'state', 'done', 'status', ARGV[2 * i], 'body', ARGV[2 * i + 1])
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+return #KEYS
+"""
+
+
 class IdempotencyRecords:
     """Reads and finishes the records that the reservation script claims."""
 
     def __init__(self, kv: KeyValueStore) -> None:
         self._kv = kv
+        self._finish = kv.register_script(FINISH)
+        self._finishing: Batcher[tuple[str, int, str], None] = Batcher(self._finish_batch)
 
     async def lookup(self, user_id: str, key: str) -> StoredResponse | None:
         fields = cast(
@@ -57,12 +72,16 @@ class IdempotencyRecords:
         return StoredResponse(fields[0], fields[1] == "running", status, fields[3])
 
     async def finish(self, user_id: str, key: str, status: int, body: str) -> None:
-        """Store the response a repeat of this request will replay."""
-        name = record_key(user_id, key)
-        async with self._kv.pipeline(transaction=True) as pipe:
-            pipe.hset(name, mapping={"state": "done", "status": status, "body": body})
-            pipe.expire(name, KEPT_SECONDS)
-            await pipe.execute()
+        """Store the response a repeat of this request will replay (concurrent finishes share
+        one script call)."""
+        await self._finishing.submit((record_key(user_id, key), status, body))
+
+    async def _finish_batch(self, records: list[tuple[str, int, str]]) -> list[None]:
+        args: list[str | int] = [KEPT_SECONDS]
+        for _, status, body in records:
+            args += (status, body)
+        await self._finish(keys=[name for name, _, _ in records], args=args)
+        return [None] * len(records)
 
     async def forget(self, user_id: str, key: str) -> None:
         """Drop a claim whose request failed on our side, so the client may retry the key."""

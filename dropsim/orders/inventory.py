@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import partial
 from typing import Any, cast
 
 from redis.exceptions import WatchError
 
+from dropsim.batching import Batcher
 from dropsim.orders.models import Rejection
 from dropsim.ports import KeyValueStore
 
@@ -32,54 +34,71 @@ def drop_keys(drop_id: str) -> list[str]:
     return [base, f"{base}:held", f"{base}:res", f"{base}:done", EXPIRING]
 
 
-# KEYS: idem, inv, held, res, done, expiring
-# ARGV: fingerprint, order id, user id, quantity, now ms, hold ms, running ttl s, drop id
-# Checks in this order: idempotency record, drop live, per-user limit, stock. Only then writes.
+# Decides a batch of reservations of one drop, one after another, each exactly as if alone.
+# KEYS: inv, held, res, done, expiring, then one idempotency record key per reservation
+# ARGV: drop id, then per reservation RESERVE_FIELDS values:
+#       fingerprint, order id, user id, quantity, now ms, hold ms, running ttl s, done ttl s
+# Returns 3 values per reservation: outcome, then ('reserved', units left, '') /
+# ('rejected', reason, '') / ('replay', status, body) / ('in_flight' | 'mismatch' |
+# 'unprepared', '', '').
+# Checks per reservation, in this order: idempotency record, drop live, per-user limit, stock;
+# only then writes. Two reservations with one key in a batch: the second finds the first's claim.
 RESERVE = """
-local idem = KEYS[1]
-local inv, held, res, expiring = KEYS[2], KEYS[3], KEYS[4], KEYS[6]
-local fp, order_id, user, qty = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local now, hold = tonumber(ARGV[5]), tonumber(ARGV[6])
-local running_ttl, drop = tonumber(ARGV[7]), ARGV[8]
-
-local seen = redis.call('HMGET', idem, 'fp', 'state', 'status', 'body')
-if seen[1] then
-  if seen[1] ~= fp then return {'mismatch'} end
-  if seen[2] == 'running' then return {'in_flight'} end
-  return {'replay', seen[3], seen[4]}
-end
-
-local function refuse(code)
-  redis.call('HSET', idem, 'fp', fp, 'state', 'done', 'status', '409', 'body', 'problem:' .. code)
-  redis.call('EXPIRE', idem, tonumber(ARGV[9]))
-  return {'rejected', code}
-end
-
+local inv, held, res, expiring = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
+local drop = ARGV[1]
+local out = {}
 local drop_state = redis.call('HMGET', inv, 'closed', 'starts_ms', 'ends_ms', 'available', 'limit')
-if not drop_state[1] then return {'unprepared'} end
-if drop_state[1] == '1' or now < tonumber(drop_state[2])
-   or now >= tonumber(drop_state[3]) then
-  return refuse('drop_not_live')
-end
-local holding = tonumber(redis.call('HGET', held, user) or '0')
-if holding + qty > tonumber(drop_state[5]) then
-  return refuse('limit_reached')
-end
-local available = tonumber(drop_state[4])
-if available < qty then
-  return refuse('sold_out')
-end
+local prepared = drop_state[1]
+local closed = drop_state[1] == '1'
+local starts, ends = tonumber(drop_state[2]), tonumber(drop_state[3])
+local available, limit = tonumber(drop_state[4]), tonumber(drop_state[5])
+local taken = 0
 
-redis.call('HINCRBY', inv, 'available', -qty)
-redis.call('HINCRBY', inv, 'reserved', qty)
-redis.call('HINCRBY', held, user, qty)
-redis.call('HSET', res, order_id, user .. '|' .. qty)
-redis.call('ZADD', expiring, now + hold, drop .. '|' .. order_id .. '|' .. user)
-redis.call('HSET', idem, 'fp', fp, 'state', 'running', 'order', order_id)
-redis.call('EXPIRE', idem, running_ttl)
-return {'reserved', tostring(available - qty)}
+for i = 0, (#ARGV - 1) / 8 - 1 do
+  local a = 2 + 8 * i
+  local idem = KEYS[6 + i]
+  local fp, order_id, user, qty = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local now, hold = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local running_ttl, done_ttl = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local o = 3 * i
+  local function answer(outcome, first, second)
+    out[o + 1], out[o + 2], out[o + 3] = outcome, first or '', second or ''
+  end
+  local function refuse(code)
+    redis.call('HSET', idem, 'fp', fp, 'state', 'done', 'status', '409', 'body', 'problem:' .. code)
+    redis.call('EXPIRE', idem, done_ttl)
+    answer('rejected', code)
+  end
+  local seen = redis.call('HMGET', idem, 'fp', 'state', 'status', 'body')
+  if seen[1] then
+    if seen[1] ~= fp then answer('mismatch')
+    elseif seen[2] == 'running' then answer('in_flight')
+    else answer('replay', seen[3], seen[4]) end
+  elseif not prepared then
+    answer('unprepared')
+  elseif closed or now < starts or now >= ends then
+    refuse('drop_not_live')
+  elseif tonumber(redis.call('HGET', held, user) or '0') + qty > limit then
+    refuse('limit_reached')
+  elseif available < qty then
+    refuse('sold_out')
+  else
+    available = available - qty
+    taken = taken + qty
+    redis.call('HINCRBY', held, user, qty)
+    redis.call('HSET', res, order_id, user .. '|' .. qty)
+    redis.call('ZADD', expiring, now + hold, drop .. '|' .. order_id .. '|' .. user)
+    redis.call('HSET', idem, 'fp', fp, 'state', 'running', 'order', order_id)
+    redis.call('EXPIRE', idem, running_ttl)
+    answer('reserved', tostring(available))
+  end
+end
+if taken > 0 then
+  redis.call('HINCRBY', inv, 'available', -taken)
+  redis.call('HINCRBY', inv, 'reserved', taken)
+end
+return out
 """
-
 # KEYS: inv, held, res, done, expiring    ARGV: order id, drop id, user id
 # 1 = committed now, 2 = committed before (a repeated callback), 0 = no reservation (released).
 COMMIT = """
@@ -167,11 +186,23 @@ class Counters:
     closed: bool
 
 
+def _reservation(outcome: str, first: str, second: str) -> Reservation:
+    decided = Reserved(outcome)
+    if decided is Reserved.RESERVED:
+        return Reservation(decided, available=int(first))
+    if decided is Reserved.REJECTED:
+        return Reservation(decided, rejection=Rejection(first))
+    if decided is Reserved.REPLAY:
+        return Reservation(decided, stored_status=int(first), stored_body=second)
+    return Reservation(decided)
+
+
 class Inventory:
     """The order service's Redis keys and the scripts that change them."""
 
     def __init__(self, kv: KeyValueStore) -> None:
         self._kv = kv
+        self._reservations: dict[str, Batcher[tuple[str, tuple[object, ...]], Reservation]] = {}
         self._reserve = kv.register_script(RESERVE)
         self._commit = kv.register_script(COMMIT)
         self._release = kv.register_script(RELEASE)
@@ -210,29 +241,39 @@ class Inventory:
         running_ttl_s: int,
         done_ttl_s: int,
     ) -> Reservation:
-        """Claim the key and reserve `quantity` units for `user_id`, all or nothing, atomically."""
-        result: list[Any] = await self._reserve(
-            keys=[idempotency_key, *drop_keys(drop_id)],
-            args=[
-                fingerprint,
-                order_id,
-                user_id,
-                quantity,
-                now_ms,
-                hold_ms,
-                running_ttl_s,
-                drop_id,
-                done_ttl_s,
-            ],
+        """Claim the key and reserve `quantity` units for `user_id`, all or nothing, atomically.
+
+        Concurrent reservations of one drop share a script call and are decided in the order
+        they were asked for, each as if it ran alone."""
+        batcher = self._reservations.get(drop_id)
+        if batcher is None:
+            batcher = self._reservations[drop_id] = Batcher(partial(self._reserve_batch, drop_id))
+        return await batcher.submit(
+            (
+                idempotency_key,
+                (
+                    fingerprint,
+                    order_id,
+                    user_id,
+                    quantity,
+                    now_ms,
+                    hold_ms,
+                    running_ttl_s,
+                    done_ttl_s,
+                ),
+            )
         )
-        outcome = Reserved(result[0])
-        if outcome is Reserved.RESERVED:
-            return Reservation(outcome, available=int(result[1]))
-        if outcome is Reserved.REJECTED:
-            return Reservation(outcome, rejection=Rejection(result[1]))
-        if outcome is Reserved.REPLAY:
-            return Reservation(outcome, stored_status=int(result[1]), stored_body=result[2])
-        return Reservation(outcome)
+
+    async def _reserve_batch(
+        self, drop_id: str, requests: list[tuple[str, tuple[object, ...]]]
+    ) -> list[Reservation]:
+        args: list[Any] = [drop_id]
+        for _, fields in requests:
+            args += fields
+        reply: list[str] = await self._reserve(
+            keys=[*drop_keys(drop_id), *(key for key, _ in requests)], args=args
+        )
+        return [_reservation(*reply[at : at + 3]) for at in range(0, len(reply), 3)]
 
     async def commit(self, drop_id: str, order_id: str, user_id: str) -> int:
         """Turn a reservation into a sale: 1 now, 2 already done, 0 nothing held any more."""

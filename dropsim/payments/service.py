@@ -217,7 +217,7 @@ class PaymentService:
                 return
             else:
                 try:
-                    await self._apply(user_id, order_id, Signal.ACCEPTED, charge_id=charge_id)
+                    await self._accepted(payment, charge_id)
                 except Exception:
                     # only bookkeeping (callbacks carry the charge id): keep watching the clock
                     logger.exception("could not mark the payment of order %s pending", order_id)
@@ -231,6 +231,21 @@ class PaymentService:
         finally:
             if self._finished.get(order_id) is finished:
                 del self._finished[order_id]
+
+    async def _accepted(self, payment: Payment, charge_id: str) -> None:
+        """Record the charge id: the row is still `requested` unless a callback overtook the
+        provider's answer, so one compare-and-set does it and only a lost race reads the row."""
+        if not await self._store.move(
+            payment.user_id,
+            payment.id,
+            [PaymentStatus.REQUESTED],
+            PaymentStatus.PENDING,
+            self._clock(),
+            charge_id=charge_id,
+        ):
+            await self._apply(
+                payment.user_id, payment.order_id, Signal.ACCEPTED, charge_id=charge_id
+            )
 
     async def _create_charge(self, payment: Payment) -> str:
         """POST the charge until the provider answers it; the same Idempotency-Key every time,
