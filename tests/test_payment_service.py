@@ -681,3 +681,26 @@ async def test_callback_ids_are_forgotten_only_past_the_retention(store: Payment
     # a pruned id is new again; a recent one is still refused as a replay
     assert await store.claim_callback("evt_old0", now)
     assert not await store.claim_callback("evt_recent", now)
+
+
+async def test_concurrent_payment_inserts_share_a_commit_and_an_order_is_paid_once(
+    store: PaymentStore,
+) -> None:
+    orders = [an_order(key=f"batch{n}") for n in range(20)]
+    twice = orders[7]
+    second = msgspec.structs.replace(
+        an_abandoned_payment(twice, PaymentStatus.REQUESTED, 0), id="pay_second"
+    )
+    inserted = await asyncio.gather(
+        *(
+            store.insert(an_abandoned_payment(order, PaymentStatus.REQUESTED, 0))
+            for order in orders
+        ),
+        store.insert(second),
+    )
+    # the second payment of one order is refused; its neighbours in the batch are all recorded
+    assert inserted == [True] * 20 + [False]
+    for order in orders:
+        found = await store.payment_of_order(order.user_id, order.id)
+        assert found is not None
+        assert found.id == f"pay_{order.id}"

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dropsim.orders.group_commit import GroupInserter
+from dropsim.group_commit import GroupInserter
 from dropsim.orders.models import Order, OrderStatus
 from dropsim.ports import Migration, Row, ShardedDatabase
 from dropsim.timeutil import to_datetime

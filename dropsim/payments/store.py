@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from dropsim.group_commit import GroupInserter
 from dropsim.payments.models import Payment, PaymentStatus
 from dropsim.ports import Migration, Row, ShardedDatabase
 from dropsim.timeutil import to_datetime
@@ -58,30 +59,41 @@ def _payment(row: Row) -> Payment:
     )
 
 
+_INSERT = f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
 class PaymentStore:
     def __init__(self, db: ShardedDatabase) -> None:
         self._db = db
+        self._inserts = GroupInserter(db, _INSERT)
 
     async def insert(self, payment: Payment) -> bool:
-        """Record a new payment; False if its order has one already (nothing is changed)."""
-        changed = await self._db.shard(self._db.shard_of(payment.user_id)).execute(
-            f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (order_id) DO NOTHING",
-            (
-                payment.id,
-                payment.order_id,
-                payment.user_id,
-                payment.drop_id,
-                payment.amount_cents,
-                payment.idempotency_key,
-                payment.status.value,
-                payment.provider_charge_id,
-                payment.failure_reason,
-                payment.created_at.timestamp(),
-                payment.updated_at.timestamp(),
-            ),
-        )
-        return changed == 1
+        """Record a new payment (concurrent inserts on a shard share one transaction); False if
+        its order has one already (nothing is changed)."""
+        try:
+            await self._inserts.insert(
+                self._db.shard_of(payment.user_id),
+                (
+                    payment.id,
+                    payment.order_id,
+                    payment.user_id,
+                    payment.drop_id,
+                    payment.amount_cents,
+                    payment.idempotency_key,
+                    payment.status.value,
+                    payment.provider_charge_id,
+                    payment.failure_reason,
+                    payment.created_at.timestamp(),
+                    payment.updated_at.timestamp(),
+                ),
+            )
+        except Exception:
+            # the driver's unique-violation error differs by backend: ask the table instead
+            existing = await self.payment_of_order(payment.user_id, payment.order_id)
+            if existing is not None and existing.id != payment.id:
+                return False
+            raise
+        return True
 
     async def payment_of_order(self, user_id: str, order_id: str) -> Payment | None:
         row = await self._db.shard(self._db.shard_of(user_id)).fetch_one(
