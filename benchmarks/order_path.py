@@ -14,7 +14,8 @@ The simulated provider runs in its own process, as an external one would, and ne
 back (the payment timeout is longer than the run): the figures are the order path including
 its payment hand-off (one HTTP call to the provider per order), without settlement. Figures
 are printed, never asserted: these machines are noisy, so compare the ratios, not the
-absolute numbers.
+absolute numbers. The server's CPU per request (all its threads) is the steadier figure: its
+ratio to hello's says what throughput the path would reach were the server alone on a core.
 """
 
 from __future__ import annotations
@@ -170,11 +171,16 @@ def _measure(name: str, settings: Settings, seconds: int, connections: int) -> l
     rows = []
     with ServerProcess(settings) as server:
         tokens, open_drop, sold_out_drop = asyncio.run(prepare(server.url, settings))
-        hello = wrk(f"{server.url}/health/live", DONE, seconds, connections)
-        results = {"hello": hello}
+        scripts = {"hello": (f"{server.url}/health/live", DONE)}
         for label, drop in (("order", open_drop), ("sold out", sold_out_drop)):
-            script = order_script(tokens, f"/v1/drops/{drop}/orders")
-            results[label] = wrk(server.url, script, seconds, connections)
+            scripts[label] = (server.url, order_script(tokens, f"/v1/drops/{drop}/orders"))
+        results = {}
+        for label, (url, script) in scripts.items():
+            used = server.cpu_seconds()
+            result = wrk(url, script, seconds, connections)
+            result["cpu_us"] = (server.cpu_seconds() - used) / max(result["requests"], 1) * 1e6
+            results[label] = result
+        hello = results["hello"]
         for label, result in results.items():
             rows.append(
                 [
@@ -184,6 +190,8 @@ def _measure(name: str, settings: Settings, seconds: int, connections: int) -> l
                     f"{result['rps'] / hello['rps']:.0%}",
                     f"{result['p50_ms']:.1f}",
                     f"{result['p99_ms']:.1f}",
+                    f"{result['cpu_us']:.0f}",
+                    f"{hello['cpu_us'] / result['cpu_us']:.0%}",
                     f"{int(result['non_2xx']):,}",
                     f"{int(result['errors']):,}",
                 ]
@@ -218,7 +226,18 @@ def main() -> None:
             real = real_settings(Path(directory) / "real", shards=4)
             real = real.model_copy(update=quiet_payments)
             rows += run_backend("redis+postgres", real, args.seconds, args.connections)
-    header = ["backend", "path", "req/s", "vs hello", "p50 ms", "p99 ms", "non-2xx", "errors"]
+    header = [
+        "backend",
+        "path",
+        "req/s",
+        "vs hello",
+        "p50 ms",
+        "p99 ms",
+        "server CPU us/req",
+        "hello CPU / path CPU",
+        "non-2xx",
+        "errors",
+    ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))

@@ -94,12 +94,6 @@ async def prepare(url: str) -> tuple[str, str]:
         return str(drop.json()["id"]), await sign_up("buyer")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(settings: Settings, seconds: int, connections: int) -> dict[str, dict[str, float]]:
     with ServerProcess(settings) as server:
         drop_id, token = asyncio.run(prepare(server.url))
@@ -110,10 +104,10 @@ def measure(settings: Settings, seconds: int, connections: int) -> dict[str, dic
         }
         results = {}
         for path, (url, headers) in targets.items():
-            used = cpu_seconds(server.pid)
+            used = server.cpu_seconds()
             result = wrk(url, seconds, connections, headers)
             requests = result["rps"] * seconds
-            result["cpu_us"] = (cpu_seconds(server.pid) - used) / max(requests, 1) * 1e6
+            result["cpu_us"] = (server.cpu_seconds() - used) / max(requests, 1) * 1e6
             results[path] = result
         return results
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -49,6 +50,7 @@ from dropsim.payments.provider import (
 from dropsim.payments.service import PaymentService
 from dropsim.payments.signing import SIGNATURE_HEADER, sign
 from dropsim.payments.store import MIGRATIONS, PaymentStore
+from dropsim.payments.transport import HttpAnswer, PooledPoster
 from dropsim.testing import free_port
 
 SECRET = "payments-test-secret"
@@ -100,6 +102,24 @@ class SettleRecorder:
         return self.on_success if succeeded else Settlement.RELEASED
 
 
+@dataclass(frozen=True)
+class SentRequest:
+    path: str
+    headers: Mapping[str, str]
+
+
+class RecordingPoster(PooledPoster):
+    """The service's HTTP client, keeping a note of each request it sends."""
+
+    def __init__(self, sent: list[SentRequest]) -> None:
+        super().__init__(5.0)
+        self._sent = sent
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        self._sent.append(SentRequest(urlsplit(url).path, dict(headers)))
+        return await super().post(url, body, headers)
+
+
 @dataclass
 class Rig:
     service: PaymentService
@@ -108,7 +128,7 @@ class Rig:
     events: EventLog
     callback_url: str
     provider: SimulatedProvider | None
-    requests: list[httpx.Request]
+    requests: list[SentRequest]
     """Every request the service sent to the provider."""
 
     async def status(self, order: Order) -> PaymentStatus | None:
@@ -188,13 +208,9 @@ async def make_rig(store: PaymentStore) -> AsyncIterator[MakeRig]:
             await server.start()
             cleanups.append(server.stop)
             provider_url, simulated = server.url, server.provider
-        requests: list[httpx.Request] = []
-
-        async def record(request: httpx.Request) -> None:
-            requests.append(request)
-
-        http = httpx.AsyncClient(event_hooks={"request": [record]})
-        cleanups.append(http.aclose)
+        requests: list[SentRequest] = []
+        http = RecordingPoster(requests)
+        cleanups.append(http.close)
         kv = open_memory_kv()
         cleanups.append(kv.aclose)
         events = EventLog(kv)
@@ -457,7 +473,7 @@ async def test_a_success_after_the_timeout_is_refunded(make_rig: MakeRig) -> Non
     assert rig.provider is not None
     charge = rig.provider.charges[str(payment.provider_charge_id)]
     assert charge.status == "refunded"
-    refunds = [request for request in rig.requests if request.url.path == "/v1/refunds"]
+    refunds = [request for request in rig.requests if request.path == "/v1/refunds"]
     assert len(refunds) == 1
     # the provider's charge.refunded confirmation changes nothing further
     await asyncio.sleep(0.5)

@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
-import httpx
 import msgspec
 import uvicorn
 from litestar import Litestar, Request, Response, get, post, put
@@ -41,7 +40,7 @@ from dropsim.errors import Conflict, InvalidRequest, NotFound, Unprocessable
 from dropsim.gateway.problems import EXCEPTION_HANDLERS, problem
 from dropsim.ids import new_id
 from dropsim.payments.signing import SIGNATURE_HEADER, sign
-from dropsim.payments.transport import in_flight_gate, pooled_client
+from dropsim.payments.transport import HttpPoster, NoAnswer, PooledPoster
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp
@@ -235,23 +234,21 @@ class SimulatedProvider:
     """The provider's state and behaviour (in memory; one per provider app)."""
 
     config: ProviderConfig
-    http: httpx.AsyncClient | None = None
+    http: HttpPoster | None = None
     charges: dict[str, _Charge] = field(default_factory=dict)
     by_key: dict[str, str] = field(default_factory=dict)
     deliveries: int = 0
     """Callback delivery attempts made so far (for tests and curiosity)."""
     _random: random.Random = field(init=False)
-    _in_flight: asyncio.Semaphore = field(init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _owns_http: bool = False
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.config.seed)
-        self._in_flight = in_flight_gate()
 
     async def open(self) -> None:
         if self.http is None:
-            self.http = pooled_client(self.config.callback_timeout_seconds)
+            self.http = PooledPoster(self.config.callback_timeout_seconds)
             self._owns_http = True
 
     async def close(self) -> None:
@@ -260,7 +257,7 @@ class SimulatedProvider:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._owns_http and self.http is not None:
-            await self.http.aclose()
+            await self.http.close()
             self.http = None
 
     # charges
@@ -427,14 +424,13 @@ class SimulatedProvider:
                 "Content-Type": "application/json",
             }
             try:
-                async with self._in_flight:
-                    response = await self.http.post(url, content=event, headers=headers)
-            except httpx.HTTPError as exc:
-                logger.debug("callback to %s failed: %r", url, exc)
+                response = await self.http.post(url, event, headers)
+            except NoAnswer as exc:
+                logger.debug("callback to %s failed: %s", url, exc)
                 continue
             if response.is_success:
                 return True
-            logger.debug("callback to %s answered %s", url, response.status_code)
+            logger.debug("callback to %s answered %s", url, response.status)
         logger.warning(
             "gave up delivering an event to %s after %d attempts",
             url,
@@ -480,9 +476,7 @@ async def change_behaviour(data: JSONBody[BehaviourChange], provider: Provider) 
     return provider.change_behaviour(data)
 
 
-def create_provider_app(
-    config: ProviderConfig, *, http: httpx.AsyncClient | None = None
-) -> Litestar:
+def create_provider_app(config: ProviderConfig, *, http: HttpPoster | None = None) -> Litestar:
     """The provider as an ASGI app; its state is `app.state.provider` (a SimulatedProvider).
 
     `http` sends the callbacks (default: a client of its own, closed on shutdown).

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
-import httpx
 import msgspec
 
 from dropsim.errors import InvalidRequest
@@ -45,7 +44,7 @@ from dropsim.payments.models import (
 )
 from dropsim.payments.signing import verify
 from dropsim.payments.store import PaymentStore
-from dropsim.payments.transport import in_flight_gate, pooled_client
+from dropsim.payments.transport import HttpAnswer, HttpPoster, NoAnswer, PooledPoster
 from dropsim.timeutil import to_datetime
 
 logger = logging.getLogger("dropsim.payments")
@@ -131,7 +130,7 @@ class PaymentService:
         callback_url: str,
         signing_secret: str,
         timeout_seconds: float,
-        http: httpx.AsyncClient | None = None,
+        http: HttpPoster | None = None,
         settle: Settle | None = None,
         attempt_timeout_seconds: float = 5.0,
         max_attempts: int = 5,
@@ -147,8 +146,7 @@ class PaymentService:
         self._secret = signing_secret
         self._timeout = timeout_seconds
         self._owns_http = http is None
-        self._http = http or pooled_client(attempt_timeout_seconds)
-        self._in_flight = in_flight_gate()
+        self._http = http or PooledPoster(attempt_timeout_seconds)
         self._settle = settle
         self._attempt_timeout = attempt_timeout_seconds
         self._max_attempts = max_attempts
@@ -265,8 +263,8 @@ class PaymentService:
         )
         response = await self._post("/v1/charges", body, payment.idempotency_key)
         try:
-            charge_id = response.json()["id"]
-        except (ValueError, KeyError, TypeError):
+            charge_id = msgspec.json.decode(response.body)["id"]
+        except (msgspec.DecodeError, KeyError, TypeError):
             raise ChargeRefused(UNAVAILABLE_REASON) from None
         if not isinstance(charge_id, str):
             raise ChargeRefused(UNAVAILABLE_REASON)
@@ -276,7 +274,7 @@ class PaymentService:
         body = msgspec.json.encode({"charge_id": charge_id})
         await self._post("/v1/refunds", body, f"refund:{charge_id}")
 
-    async def _post(self, path: str, body: bytes, key: str) -> httpx.Response:
+    async def _post(self, path: str, body: bytes, key: str) -> HttpAnswer:
         """POST with retries on no answer, 5xx and 408/409/425/429 (exponential back-off with
         jitter); a 2xx is returned, another 4xx raises ChargeRefused at once."""
         headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
@@ -286,25 +284,19 @@ class PaymentService:
                 ceiling = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
                 await asyncio.sleep(ceiling / 2 + random.uniform(0, ceiling / 2))
             try:
-                async with self._in_flight:
-                    response = await self._http.post(
-                        f"{self._provider_url}{path}",
-                        content=body,
-                        headers=headers,
-                        timeout=httpx.Timeout(self._attempt_timeout, pool=None),
-                    )
-            except httpx.TransportError as exc:
+                response = await self._http.post(f"{self._provider_url}{path}", body, headers)
+            except NoAnswer as exc:
                 logger.info(
-                    "provider %s%s: %r (attempt %d)", self._provider_url, path, exc, attempt + 1
+                    "provider %s%s: %s (attempt %d)", self._provider_url, path, exc, attempt + 1
                 )
                 reason = UNREACHABLE_REASON
                 continue
             if response.is_success:
                 return response
-            if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
+            if response.status >= 500 or response.status in _RETRYABLE_STATUS:
                 reason = UNAVAILABLE_REASON
                 continue
-            raise ChargeRefused(f"provider_rejected_{response.status_code}")
+            raise ChargeRefused(f"provider_rejected_{response.status}")
         raise ChargeRefused(reason)
 
     # callbacks
@@ -505,4 +497,4 @@ class PaymentService:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._owns_http:
-            await self._http.aclose()
+            await self._http.close()
