@@ -41,6 +41,16 @@ class StoredResponse:
     body: str | None
 
 
+# KEYS: record keys    Returns fp, state, status, body per key (nil where absent).
+LOOKUP = """
+local out = {}
+for i = 1, #KEYS do
+  local fields = redis.call('HMGET', KEYS[i], 'fp', 'state', 'status', 'body')
+  for j = 1, 4 do out[4 * (i - 1) + j] = fields[j] end
+end
+return out
+"""
+
 # KEYS: record keys    ARGV: ttl s, then per key: status, body
 # Stores the responses of a batch of finished requests (state=done), each kept `ttl` seconds.
 FINISH = """
@@ -59,17 +69,28 @@ class IdempotencyRecords:
     def __init__(self, kv: KeyValueStore) -> None:
         self._kv = kv
         self._finish = kv.register_script(FINISH)
+        self._lookup = kv.register_script(LOOKUP)
+        self._lookups: Batcher[str, StoredResponse | None] = Batcher(self._lookup_batch)
         self._finishing: Batcher[tuple[str, int, str], None] = Batcher(self._finish_batch)
 
     async def lookup(self, user_id: str, key: str) -> StoredResponse | None:
-        fields = cast(
-            "list[str | None]",
-            await self._kv.hmget(record_key(user_id, key), ["fp", "state", "status", "body"]),
-        )
-        if fields[0] is None:
-            return None
-        status = int(fields[2]) if fields[2] is not None else None
-        return StoredResponse(fields[0], fields[1] == "running", status, fields[3])
+        """The record of `key`, None if it was never used (concurrent lookups share one script
+        call: under a sold-out rush every request makes one)."""
+        return await self._lookups.submit(record_key(user_id, key))
+
+    async def _lookup_batch(self, names: list[str]) -> list[StoredResponse | None]:
+        values = cast("list[str | None]", await self._lookup(keys=names))
+        found: list[StoredResponse | None] = []
+        for at in range(0, len(values), 4):
+            fp, state, status, body = values[at : at + 4]
+            found.append(
+                None
+                if fp is None
+                else StoredResponse(
+                    fp, state == "running", None if status is None else int(status), body
+                )
+            )
+        return found
 
     async def finish(self, user_id: str, key: str, status: int, body: str) -> None:
         """Store the response a repeat of this request will replay (concurrent finishes share
