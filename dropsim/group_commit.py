@@ -1,8 +1,10 @@
-"""Group commit: concurrent inserts on one shard share a transaction.
+"""Group commit: concurrent writes of one statement on one shard share a transaction.
 
-A commit per order caps a SQLite shard at a few thousand orders a second; while one batch
-commits, the next one gathers, so under a rush each commit carries many rows and under a trickle
-each row commits alone (no added latency).
+A commit per order caps a SQLite shard at a few thousand orders a second, and a PostgreSQL
+statement per order costs a pool checkout and a round trip; while one batch commits, the next
+one gathers, so under a rush each commit carries many rows and under a trickle each row commits
+alone (no added latency). A writer answers whether the row was written, not how many rows a
+statement changed: use it for inserts, and for updates whose caller can do without the count.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from dropsim.batching import Batcher
 from dropsim.ports import ShardedDatabase
 
 
-class GroupInserter:
-    """`insert(shard, row)` returns once `row` is committed (or raises its own error)."""
+class GroupWriter:
+    """`write(shard, row)` returns once `statement` with `row` is committed (or raises its own
+    error)."""
 
     def __init__(self, db: ShardedDatabase, statement: str, *, max_batch: int = 500) -> None:
         self._db = db
@@ -24,7 +27,7 @@ class GroupInserter:
         self._max_batch = max_batch
         self._shards: dict[int, Batcher[Sequence[Any], None]] = {}
 
-    async def insert(self, shard: int, row: Sequence[Any]) -> None:
+    async def write(self, shard: int, row: Sequence[Any]) -> None:
         batcher = self._shards.get(shard)
         if batcher is None:
             batcher = self._shards[shard] = Batcher(

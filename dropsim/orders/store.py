@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dropsim.group_commit import GroupInserter
+from dropsim.group_commit import GroupWriter
 from dropsim.orders.models import Order, OrderStatus
 from dropsim.ports import Migration, Row, ShardedDatabase
 from dropsim.timeutil import to_datetime
@@ -63,11 +63,11 @@ class LedgerLine:
 class OrderStore:
     def __init__(self, db: ShardedDatabase) -> None:
         self._db = db
-        self._inserts = GroupInserter(db, _INSERT)
+        self._inserts = GroupWriter(db, _INSERT)
 
     async def insert(self, order: Order) -> None:
         """Write a new order row (committed when this returns)."""
-        await self._inserts.insert(
+        await self._inserts.write(
             self._db.shard_of(order.user_id),
             (
                 order.id,

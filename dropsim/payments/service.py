@@ -231,19 +231,11 @@ class PaymentService:
                 del self._finished[order_id]
 
     async def _accepted(self, payment: Payment, charge_id: str) -> None:
-        """Record the charge id: the row is still `requested` unless a callback overtook the
-        provider's answer, so one compare-and-set does it and only a lost race reads the row."""
-        if not await self._store.move(
-            payment.user_id,
-            payment.id,
-            [PaymentStatus.REQUESTED],
-            PaymentStatus.PENDING,
-            self._clock(),
-            charge_id=charge_id,
-        ):
-            await self._apply(
-                payment.user_id, payment.order_id, Signal.ACCEPTED, charge_id=charge_id
-            )
+        """Record the charge id: `requested -> pending`, batched with other acceptances. Should a
+        callback have overtaken the provider's answer, the payment is already where `step`
+        would leave it (`accepted` moves nothing else), and that callback woke the waiter if it
+        came to this process; otherwise the deadline's `timed_out` finds the final status."""
+        await self._store.accept(payment.user_id, payment.id, charge_id, self._clock())
 
     async def _create_charge(self, payment: Payment) -> str:
         """POST the charge until the provider answers it; the same Idempotency-Key every time,

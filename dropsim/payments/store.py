@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from dropsim.group_commit import GroupInserter
+from dropsim.group_commit import GroupWriter
 from dropsim.payments.models import Payment, PaymentStatus
 from dropsim.ports import Migration, Row, ShardedDatabase
 from dropsim.timeutil import to_datetime
@@ -60,18 +60,24 @@ def _payment(row: Row) -> Payment:
 
 
 _INSERT = f"INSERT INTO payments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ACCEPT = (
+    f"UPDATE payments SET status = '{PaymentStatus.PENDING.value}', updated_at = ?, "
+    "provider_charge_id = COALESCE(provider_charge_id, ?) "
+    f"WHERE id = ? AND user_id = ? AND status = '{PaymentStatus.REQUESTED.value}'"
+)
 
 
 class PaymentStore:
     def __init__(self, db: ShardedDatabase) -> None:
         self._db = db
-        self._inserts = GroupInserter(db, _INSERT)
+        self._inserts = GroupWriter(db, _INSERT)
+        self._accepts = GroupWriter(db, _ACCEPT)
 
     async def insert(self, payment: Payment) -> bool:
         """Record a new payment (concurrent inserts on a shard share one transaction); False if
         its order has one already (nothing is changed)."""
         try:
-            await self._inserts.insert(
+            await self._inserts.write(
                 self._db.shard_of(payment.user_id),
                 (
                     payment.id,
@@ -94,6 +100,12 @@ class PaymentStore:
                 return False
             raise
         return True
+
+    async def accept(self, user_id: str, payment_id: str, charge_id: str, now: float) -> None:
+        """Move a `requested` payment to `pending` with the provider's charge id (concurrent
+        acceptances on a shard share one transaction). A payment that moved on already (a
+        callback overtook the provider's answer) is left as it is, and no count says so."""
+        await self._accepts.write(self._db.shard_of(user_id), (now, charge_id, payment_id, user_id))
 
     async def payment_of_order(self, user_id: str, order_id: str) -> Payment | None:
         row = await self._db.shard(self._db.shard_of(user_id)).fetch_one(
