@@ -63,7 +63,7 @@ async def stream(
     drop_ids = _drop_ids(drops)
     resume_from = request.headers.get("last-event-id") or last_event_id
     try:
-        frames = await notification_service.open_stream(user_id, drop_ids, resume_from)
+        subscriber, frames = await notification_service.open_stream(user_id, drop_ids, resume_from)
     except StreamsFull as full:
         return problem(
             full.status,
@@ -72,7 +72,7 @@ async def stream(
             title=full.title,
             headers={"Retry-After": str(full.retry_after_seconds)},
         )
-    return EventStream(frames)
+    return EventStream(frames, subscriber)
 
 
 @get("/me/notifications")

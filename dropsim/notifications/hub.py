@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from dropsim.notifications.frames import Frame, joined
 from dropsim.notifications.routing import Audience
@@ -17,10 +17,31 @@ MAX_QUEUED_FRAMES = 1000
 """A stream this far behind is closed; its client reconnects and resumes from Last-Event-ID."""
 
 
-class Subscriber:
-    """One open stream: what it listens to and the frames waiting to be written."""
+WriteNow = Callable[[Frame], bool]
+"""Writes a frame to the stream's connection from the caller's context, without waking the
+stream's task (True), or declines because a write is still under way (False)."""
 
-    __slots__ = ("_frames", "_waiter", "creators", "drops", "lagging", "resume_after", "user_id")
+
+class Subscriber:
+    """One open stream: what it listens to and the frames waiting to be written.
+
+    A broadcast to ten thousand streams used to wake ten thousand tasks, each to make one write.
+    So while the stream's task is parked with nothing queued, `push` writes the frame itself
+    through `writer` (set by the stream response); otherwise the frame is queued in order and
+    the task woken, as before.
+    """
+
+    __slots__ = (
+        "_frames",
+        "_parked",
+        "_waiter",
+        "creators",
+        "drops",
+        "lagging",
+        "resume_after",
+        "user_id",
+        "writer",
+    )
 
     def __init__(self, user_id: str, creators: Iterable[str], drops: Iterable[str]) -> None:
         self.user_id = user_id
@@ -29,8 +50,10 @@ class Subscriber:
         self.lagging = False
         self.resume_after: tuple[int, int] | None = None
         """Live events up to this log id are skipped: the client had them before reconnecting."""
+        self.writer: WriteNow | None = None
         self._frames: deque[Frame] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._parked = False
 
     def listens_to(self, audience: Audience, key: str) -> bool:
         if audience is Audience.FOLLOWERS:
@@ -40,12 +63,16 @@ class Subscriber:
         return key == self.user_id
 
     def push(self, frame: Frame) -> None:
+        # written at once only when nothing is queued or in the task's hands: frames keep order
+        if self._parked and not self._frames and self.writer is not None and self.writer(frame):
+            return
         if len(self._frames) >= MAX_QUEUED_FRAMES:
             self.lagging = True
         else:
             self._frames.append(frame)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
+            self._parked = False
             waiter.set_result(None)
 
     async def next_frames(self) -> Frame | None:
@@ -54,10 +81,12 @@ class Subscriber:
             if self.lagging:
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
+            self._parked = True
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                self._parked = False
         if self.lagging:
             return None
         frames = list(self._frames)

@@ -78,10 +78,10 @@ class NotificationService:
 
     async def open_stream(
         self, user_id: str, drop_ids: Sequence[str], last_event_id: str | None
-    ) -> AsyncGenerator[Frame, None]:
-        """The frames of a new stream: the `retry:` advice, what the client missed since
-        `last_event_id` (or a reset notice when that is beyond the log's retention), a stock
-        snapshot per watched drop, then live frames until the client goes away."""
+    ) -> tuple[Subscriber, AsyncGenerator[Frame, None]]:
+        """A new stream's subscriber and its frames: the `retry:` advice, what the client missed
+        since `last_event_id` (or a reset notice when that is beyond the log's retention), a
+        stock snapshot per watched drop, then live frames until the client goes away."""
         if len(self._hub) >= self._limits.max_connections:
             raise StreamsFull(
                 f"this server holds {len(self._hub)} streams, its limit; retry shortly",
@@ -99,7 +99,7 @@ class NotificationService:
                 ) from None
         creators = await self._follows.following_ids(user_id)
         subscriber = Subscriber(user_id, creators, drop_ids)
-        return self._frames(subscriber, last_event_id, resume_key)
+        return subscriber, self._frames(subscriber, last_event_id, resume_key)
 
     async def _frames(
         self,
