@@ -173,6 +173,7 @@ def provider(
     import uvicorn
 
     from dropsim.payments.provider import create_provider_app, provider_config
+    from dropsim.serving import KEEP_ALIVE_SECONDS
 
     settings = _settings(data_dir=data_dir)
     console.print(f"simulated payment provider on [cyan]http://127.0.0.1:{port}[/]")
@@ -182,6 +183,7 @@ def provider(
         port=port,
         log_level="warning",
         access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
 
 

@@ -20,6 +20,11 @@ from dropsim.metrics import MULTIPROCESS_DIR_ENV
 from dropsim.settings import Settings
 
 SERVER_NOTE = "server.json"
+KEEP_ALIVE_SECONDS = 75
+"""How long an idle keep-alive connection stays open: longer than clients keep theirs (httpx 5 s,
+aiohttp 15 s, load balancers 60 s), so a client never reuses a connection in the instant the
+server closes it (uvicorn's default is 5 s, httpx's too: the race surfaced as a ReadError in a
+burst of test requests)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int, log_level: 
         "log_level": log_level,
         "access_log": False,
         "timeout_graceful_shutdown": 5,
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
         "proxy_headers": False,
     }
     if workers == 1:

@@ -14,7 +14,7 @@ import httpx
 from litestar import Litestar
 
 from dropsim.app import create_app
-from dropsim.serving import free_port, settings_environment
+from dropsim.serving import KEEP_ALIVE_SECONDS, free_port, settings_environment
 from dropsim.settings import Settings
 
 LOOPBACK_LIMITS = "100000/s:100000,100000/s:100000"
@@ -123,6 +123,8 @@ class ServerProcess:
             "--no-proxy-headers",
             "--timeout-graceful-shutdown",
             "3",
+            "--timeout-keep-alive",
+            str(KEEP_ALIVE_SECONDS),
         ]
 
     def output(self) -> str:

@@ -41,6 +41,7 @@ from dropsim.gateway.problems import EXCEPTION_HANDLERS, problem
 from dropsim.ids import new_id
 from dropsim.payments.signing import SIGNATURE_HEADER, sign
 from dropsim.payments.transport import HttpPoster, NoAnswer, PooledPoster
+from dropsim.serving import KEEP_ALIVE_SECONDS
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp
@@ -530,6 +531,7 @@ class LoopbackServer:
                 log_level=None,
                 access_log=False,
                 timeout_graceful_shutdown=2,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS,
             )
         )
         self._task: asyncio.Task[None] | None = None
