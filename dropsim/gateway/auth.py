@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -14,7 +12,13 @@ from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
 from dropsim.accounts.models import Role
 from dropsim.errors import AuthenticationFailed
-from dropsim.gateway.tokens import ALGORITHM, Principal, TokenIssuer, principal_from_token
+from dropsim.gateway.tokens import (
+    ALGORITHM,
+    Principal,
+    TokenIssuer,
+    VerifiedTokens,
+    principal_from_token,
+)
 
 PUBLIC_PATHS = [
     r"^/$",
@@ -34,33 +38,22 @@ async def _retrieve_principal(token: Token, _: ASGIConnection[Any, Any, Any, Any
     return principal
 
 
-VERIFIED_TOKENS = 50_000
-"""How many verified tokens a process remembers (a rush re-sends the same few thousand)."""
-
-
 class CachedJWTMiddleware(JWTAuthenticationMiddleware):
-    """Litestar's JWT middleware that verifies each distinct token once, not on every request.
-
-    A buyer in a rush sends the same token many times a second; HS256 verification and claim
-    parsing are most of an authenticated request's cost on the hot path. A remembered token is
-    still refused once its `exp` has passed.
-    """
+    """Litestar's JWT middleware that verifies each distinct token once, not on every request
+    (see `VerifiedTokens`); a remembered token is still refused once its `exp` has passed."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._verified: OrderedDict[str, tuple[float, AuthenticationResult]] = OrderedDict()
+        self._verified: VerifiedTokens[AuthenticationResult] = VerifiedTokens()
 
     async def authenticate_token(
         self, encoded_token: str, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        verified = self._verified
-        known = verified.get(encoded_token)
-        if known is not None and known[0] > time.time():
-            return known[1]
+        known = self._verified.get(encoded_token)
+        if known is not None:
+            return known
         result = await super().authenticate_token(encoded_token, connection)
-        verified[encoded_token] = (result.auth.exp.timestamp(), result)
-        if len(verified) > VERIFIED_TOKENS:
-            verified.popitem(last=False)
+        self._verified.put(encoded_token, result.auth.exp.timestamp(), result)
         return result
 
 

@@ -36,7 +36,7 @@ def drop_keys(drop_id: str) -> list[str]:
 
 # Decides a batch of reservations of one drop, one after another, each exactly as if alone.
 # KEYS: inv, held, res, done, expiring, then one idempotency record key per reservation
-# ARGV: drop id, then per reservation RESERVE_FIELDS values:
+# ARGV: drop id, then 8 values per reservation:
 #       fingerprint, order id, user id, quantity, now ms, hold ms, running ttl s, done ttl s
 # Returns 3 values per reservation: outcome, then ('reserved', units left, '') /
 # ('rejected', reason, '') / ('replay', status, body) / ('in_flight' | 'mismatch' |
@@ -99,6 +99,7 @@ if taken > 0 then
 end
 return out
 """
+
 # KEYS: inv, held, res, done, expiring    ARGV: order id, drop id, user id
 # 1 = committed now, 2 = committed before (a repeated callback), 0 = no reservation (released).
 COMMIT = """

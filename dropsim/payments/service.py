@@ -118,7 +118,8 @@ class PaymentService:
     """Charges orders at the payment provider and turns its callbacks into order settlements.
 
     Call `connect_orders(order_service.settle)` (or pass `settle=`) before the first payment,
-    and `await close()` on shutdown.
+    and `await close()` on shutdown. Without `http`, it makes its own client, which times each
+    provider request out after `attempt_timeout_seconds`; a given `http` keeps its own timeout.
     """
 
     def __init__(
@@ -148,7 +149,6 @@ class PaymentService:
         self._owns_http = http is None
         self._http = http or PooledPoster(attempt_timeout_seconds)
         self._settle = settle
-        self._attempt_timeout = attempt_timeout_seconds
         self._max_attempts = max_attempts
         self._backoff = backoff_seconds
         self._max_backoff = max_backoff_seconds
