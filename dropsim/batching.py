@@ -35,6 +35,11 @@ class Batcher(Generic[Item, Result]):
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._flushing = False
 
+    @property
+    def busy(self) -> bool:
+        """True while items wait or a batch is in flight."""
+        return self._flushing or bool(self._pending)
+
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))

@@ -23,6 +23,11 @@ class Recorder:
         return [ValueError(f"{item} < 0") if item < 0 else 2 * item for item in items]
 
 
+async def settle_flush() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
 async def test_a_lone_call_goes_at_once_and_calls_meanwhile_share_the_next() -> None:
     recorder = Recorder()
     batcher = Batcher(recorder.handle)
@@ -34,8 +39,11 @@ async def test_a_lone_call_goes_at_once_and_calls_meanwhile_share_the_next() -> 
     rest = [asyncio.create_task(batcher.submit(n)) for n in range(2, 7)]
     await asyncio.sleep(0)
     recorder.gate.set()
+    assert batcher.busy
     assert await first == 2
     assert await asyncio.gather(*rest) == [4, 6, 8, 10, 12]
+    await settle_flush()
+    assert not batcher.busy
     assert recorder.batches == [[1], [2, 3, 4, 5, 6]]  # in the order they were submitted
 
 

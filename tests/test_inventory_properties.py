@@ -238,3 +238,23 @@ def test_reservation_scripts_on_real_redis() -> None:
     machine = machine_for(real_url(REDIS_ENV, "Redis"))
     machine.TestCase.settings = PROFILE
     machine.TestCase().runTest()
+
+
+async def test_idle_reservation_batchers_of_past_drops_are_forgotten() -> None:
+    kv: Any = await open_kv("memory://")
+    inventory = Inventory(kv)
+    for n in range(300):
+        await inventory.reserve(
+            idempotency_key=f"idem:u:{n}",
+            fingerprint="fp",
+            drop_id=f"drp_{n}",
+            order_id=f"ord_{n}",
+            user_id="u",
+            quantity=1,
+            now_ms=START_MS,
+            hold_ms=HOLD_MS,
+            running_ttl_s=60,
+            done_ttl_s=3600,
+        )
+    assert len(inventory._reservations) <= 256
+    await kv.aclose()

@@ -26,6 +26,8 @@ from dropsim.orders.models import Rejection
 from dropsim.ports import KeyValueStore
 
 EXPIRING = "inv:expiring"
+_KEPT_BATCHERS = 256
+"""Drops whose reservation batcher is kept between rushes (idle ones past this are dropped)."""
 
 
 def drop_keys(drop_id: str) -> list[str]:
@@ -248,6 +250,8 @@ class Inventory:
         they were asked for, each as if it ran alone."""
         batcher = self._reservations.get(drop_id)
         if batcher is None:
+            if len(self._reservations) >= _KEPT_BATCHERS:  # drops come and go: forget idle ones
+                self._reservations = {d: b for d, b in self._reservations.items() if b.busy}
             batcher = self._reservations[drop_id] = Batcher(partial(self._reserve_batch, drop_id))
         return await batcher.submit(
             (
