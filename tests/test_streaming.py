@@ -23,7 +23,8 @@ async def frames_of(subscriber: Subscriber) -> AsyncGenerator[Frame, None]:
 
 
 class Connection:
-    """An ASGI server's side: records bodies; a body containing b"slow" waits for `drained`."""
+    """An ASGI server's side: records bodies; a body containing b"slow" waits for `drained`,
+    one containing b"boom" fails."""
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
@@ -35,6 +36,8 @@ class Connection:
             return
         if b"slow" in message["body"]:
             await self.drained.wait()
+        if b"boom" in message["body"]:
+            raise ConnectionResetError("the connection broke under the write")
         self.bodies.append(message["body"])
 
     async def receive(self) -> dict[str, Any]:
@@ -96,3 +99,12 @@ async def test_a_client_leaving_mid_wait_ends_the_stream_and_its_pending_send() 
     assert subscriber.writer is None
     subscriber.push(Frame(b"after"))  # queued for nobody; nothing is written
     assert b"after" not in connection.written()
+
+
+async def test_a_write_that_fails_on_the_spot_ends_the_stream_with_its_error() -> None:
+    subscriber, _, task = await open_stream()
+    subscriber.push(Frame(b"boom"))
+    done, _ = await asyncio.wait([task], timeout=1)
+    assert done, "the stream went on after its write failed"
+    assert isinstance(task.exception(), ConnectionResetError)
+    assert subscriber.writer is None

@@ -89,8 +89,9 @@ class _EventStreamApp:
             self._finished = True
             if self._subscriber is not None:
                 self._subscriber.writer = None
-            if self._unfinished is not None:
-                self._unfinished.cancel()
+            unfinished = self._unfinished
+            if unfinished is not None and not unfinished.cancel() and not unfinished.cancelled():
+                unfinished.exception()  # the stream is over: its last send's error is moot
             watcher.cancel()
             await self._frames.aclose()
 
@@ -117,10 +118,12 @@ class _EventStreamApp:
         except StopIteration:
             return True
         except Exception as exc:
+            # not written: the frame is queued, the stream's task wakes, meets the error in
+            # `_drained` and ends as a failed send of its own would have ended it
             failed = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             self._unfinished = failed
-            return True
+            return False
         self._unfinished = asyncio.ensure_future(_finish(sending, blocker))
         return True
 
