@@ -318,8 +318,6 @@ DEPENDENCIES = {
 def create_app(settings: Settings | None = None) -> Litestar:
     """The whole system as one ASGI app; backends open in its lifespan."""
     settings = settings or load_settings()
-    # httpx logs every request at INFO: one line (and a log record's cost) per charge
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     auth = jwt_auth(settings.signing_secret())
     rate_limit = RateLimitMiddleware(rate_limit_config(settings))
     # (a stream's "request duration" is how long it stayed open: its own gauge counts streams)
