@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 from litestar import Litestar
 
 from dropsim.app import create_app
@@ -102,10 +103,10 @@ class ServerProcess:
         return self._process.pid
 
     def cpu_seconds(self) -> float:
-        """User + system CPU the server process (all its threads) has used so far (Linux):
+        """User + system CPU the server process (all its threads) has used so far:
         CPU per request is a steadier figure than requests per second on a shared machine."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        used = psutil.Process(self.pid).cpu_times()
+        return float(used.user + used.system)
 
     def _command(self) -> list[str]:
         where = ["--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self._workers)]

@@ -33,7 +33,6 @@ class Subscriber:
 
     __slots__ = (
         "_frames",
-        "_parked",
         "_waiter",
         "creators",
         "drops",
@@ -53,7 +52,7 @@ class Subscriber:
         self.writer: WriteNow | None = None
         self._frames: deque[Frame] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._parked = False
+        """Pending while the stream's task is parked in `next_frames`, with nothing queued."""
 
     def listens_to(self, audience: Audience, key: str) -> bool:
         if audience is Audience.FOLLOWERS:
@@ -63,16 +62,17 @@ class Subscriber:
         return key == self.user_id
 
     def push(self, frame: Frame) -> None:
+        waiter = self._waiter
+        parked = waiter is not None and not waiter.done()
         # written at once only when nothing is queued or in the task's hands: frames keep order
-        if self._parked and not self._frames and self.writer is not None and self.writer(frame):
+        if parked and not self._frames and self.writer is not None and self.writer(frame):
             return
         if len(self._frames) >= MAX_QUEUED_FRAMES:
             self.lagging = True
         else:
             self._frames.append(frame)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            self._parked = False
+        if parked:
+            assert waiter is not None
             waiter.set_result(None)
 
     async def next_frames(self) -> Frame | None:
@@ -81,12 +81,10 @@ class Subscriber:
             if self.lagging:
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
-            self._parked = True
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-                self._parked = False
         if self.lagging:
             return None
         frames = list(self._frames)
