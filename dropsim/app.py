@@ -15,7 +15,6 @@ from litestar.datastructures import ResponseHeader, State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig
 
 from dropsim import __version__
 from dropsim.accounts import store as account_tables
@@ -37,8 +36,10 @@ from dropsim.follows.service import FollowService
 from dropsim.gateway.auth import jwt_auth
 from dropsim.gateway.composition import DropPageComposer
 from dropsim.gateway.composition_api import composition_router
+from dropsim.gateway.order_lane import OrderLane
 from dropsim.gateway.problems import EXCEPTION_HANDLERS
 from dropsim.gateway.ratelimit import RateLimitMiddleware, rate_limit_config
+from dropsim.gateway.request_metrics import RequestMetricsMiddleware
 from dropsim.gateway.tokens import TokenIssuer
 from dropsim.health import live, ready
 from dropsim.metrics_api import forget_this_worker, metrics
@@ -181,7 +182,7 @@ def build_services(
     )
 
 
-def _lifespan(settings: Settings, rate_limit: RateLimitMiddleware) -> Any:
+def _lifespan(settings: Settings, rate_limit: RateLimitMiddleware, lane: OrderLane) -> Any:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if settings.payment_timeout_seconds > settings.reservation_hold_seconds:
@@ -205,6 +206,7 @@ def _lifespan(settings: Settings, rate_limit: RateLimitMiddleware) -> Any:
             # counters missing from the KV store (always, for the embedded one after a restart)
             # are rebuilt from the SQL ledger before the first order is taken
             await services.reconciler.reconcile(only_missing=True)
+            lane.connect(services.tokens, services.orders)
             clock = DropClock(services.creators, poll_seconds=settings.scheduler_poll_seconds)
             reaper = Reaper(services.orders, interval_seconds=settings.reaper_interval_seconds)
             # streams get what is published from now on; earlier events are replayed on request
@@ -320,14 +322,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     auth = jwt_auth(settings.signing_secret())
     rate_limit = RateLimitMiddleware(rate_limit_config(settings))
-    # (a stream's "request duration" is how long it stayed open: its own gauge counts streams)
-    request_metrics = PrometheusConfig(
-        app_name="dropsim",
-        prefix="dropsim",
-        group_path=True,
-        exclude=[r"^/metrics", r"^/health", r"^/v1/stream$"],
-    )
-    return Litestar(
+    process = str(os.getpid())
+    lane = OrderLane(rate_limit, [(PROCESS_HEADER.lower().encode(), process.encode())])
+    app = Litestar(
         route_handlers=[
             live,
             ready,
@@ -344,11 +341,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         # order: JWT auth (inserted first by on_app_init), metrics, then the rate limiter, which
         # finds the verified principal in the scope and whose 429s the metrics still count
-        middleware=[request_metrics.middleware, rate_limit],
+        middleware=[RequestMetricsMiddleware(), rate_limit],
         # which server process answered (several serve one port with --workers N)
-        response_headers=[ResponseHeader(name=PROCESS_HEADER, value=str(os.getpid()))],
+        response_headers=[ResponseHeader(name=PROCESS_HEADER, value=process)],
         dependencies=DEPENDENCIES,
-        lifespan=[_lifespan(settings, rate_limit)],
+        lifespan=[_lifespan(settings, rate_limit, lane)],
         exception_handlers=EXCEPTION_HANDLERS,
         on_app_init=[auth.on_app_init],
         request_max_body_size=settings.max_body_bytes,
@@ -360,6 +357,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=False,
     )
+    if settings.order_lane:
+        # orders skip the router when they can (gateway/order_lane.py); all else goes through it
+        app.asgi_handler = lane.in_front_of(app.asgi_handler)
+    return app
 
 
 def app_from_environment() -> Litestar:

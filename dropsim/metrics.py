@@ -1,5 +1,5 @@
-"""Business metrics, declared once: every service increments these and `/metrics` exposes them
-(request latency by route comes from Litestar's Prometheus middleware, wired in app.py)."""
+"""Metrics, declared once: every service increments these and `/metrics` exposes them (the
+request series are written by `gateway/request_metrics.py`)."""
 
 from __future__ import annotations
 
@@ -86,6 +86,21 @@ FANOUT_LAG = Histogram(
     "dropsim_fanout_lag_seconds",
     "Time from an event's publication to its hand-off to the last local stream that gets it.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+
+REQUEST_LABELS = ["method", "path", "status_code", "app_name"]
+"""`path` is the route's template (`/v1/drops/{drop_id}/orders`), never the path itself."""
+REQUESTS = Counter("dropsim_requests_total", "Total requests", REQUEST_LABELS)
+REQUEST_ERRORS = Counter("dropsim_requests_error_total", "Total errors in requests", REQUEST_LABELS)
+REQUEST_SECONDS = Histogram(
+    "dropsim_request_duration_seconds", "Request duration, in seconds", REQUEST_LABELS
+)
+REQUESTS_IN_PROGRESS = Gauge(
+    "dropsim_requests_in_progress",
+    "Requests being answered now",
+    ["method", "path", "app_name"],
+    multiprocess_mode="livesum",
 )
 
 

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     """Simulated provider: fraction of charges followed by a stale `charge.pending` callback."""
     provider_callback_loss_rate: float = Field(default=0.0, ge=0, le=1)
     """Simulated provider: fraction of charges never called back (these time out)."""
+    order_lane: bool = True
+    """Answer well-formed orders in front of the framework's router (gateway/order_lane.py);
+    false sends them through Litestar like every other route (same answers, more CPU)."""
     rate_limit_enabled: bool = True
     """Limit requests per user and per client address (GCRA in Redis); false turns it off."""
     rate_limit_trusted_proxies: int = Field(default=0, ge=0, le=10)

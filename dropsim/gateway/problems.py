@@ -6,6 +6,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
@@ -13,6 +14,7 @@ from litestar.types import ExceptionHandlersMap
 from dropsim.errors import DomainError
 
 PROBLEM_JSON = "application/problem+json"
+INTERNAL_ERROR_DETAIL = "something went wrong on our side; it has been logged"
 logger = logging.getLogger("dropsim.errors")
 
 _CODES = {
@@ -31,6 +33,23 @@ _CODES = {
 }
 
 
+def problem_body(
+    status: int, code: str, detail: str, *, title: str | None = None, **extra: Any
+) -> bytes:
+    """The JSON of a problem (for the routes that answer without a Litestar `Response`)."""
+    return msgspec.json.encode(
+        {
+            "type": f"https://dropsim.dev/problems/{code.replace('_', '-')}",
+            "title": title or HTTPStatus(status).phrase,
+            "status": status,
+            "code": code,
+            "detail": detail,
+            **extra,
+        },
+        enc_hook=str,  # (a validation error's extra may hold any value: its text will do)
+    )
+
+
 def problem(
     status: int,
     code: str,
@@ -39,24 +58,21 @@ def problem(
     title: str | None = None,
     headers: dict[str, str] | None = None,
     **extra: Any,
-) -> Response[dict[str, Any]]:
+) -> Response[bytes]:
     """A problem+json response."""
-    body: dict[str, Any] = {
-        "type": f"https://dropsim.dev/problems/{code.replace('_', '-')}",
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "code": code,
-        "detail": detail,
-        **extra,
-    }
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return Response(
+        problem_body(status, code, detail, title=title, **extra),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
 
 
-def _domain(_: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
+def _domain(_: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
     return problem(exc.status, exc.code, exc.detail, title=exc.title)
 
 
-def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
     errors = exc.extra if isinstance(exc.extra, list) else []
     detail = str(exc.detail)
     if errors:
@@ -68,7 +84,7 @@ def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response
     return problem(400, "invalid_request", detail, title="Invalid request", errors=errors)
 
 
-def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     code = _CODES.get(status, "error")
     detail = str(exc.detail) if exc.detail else HTTPStatus(status).phrase
@@ -77,9 +93,9 @@ def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, A
     return problem(status, code, detail, headers=exc.headers)
 
 
-def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "internal_error", "something went wrong on our side; it has been logged")
+    return problem(500, "internal_error", INTERNAL_ERROR_DETAIL)
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
@@ -89,4 +105,11 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     Exception: _unexpected,
 }
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "problem"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "INTERNAL_ERROR_DETAIL",
+    "PROBLEM_JSON",
+    "MediaType",
+    "problem",
+    "problem_body",
+]

@@ -21,7 +21,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import msgspec
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +28,7 @@ from prometheus_client import Counter
 
 from dropsim.gateway.gcra import Decision, RateGate
 from dropsim.gateway.limits import ClassLimits, Limit, RateLimitConfig, RouteClass, route_class_of
-from dropsim.gateway.problems import PROBLEM_JSON
+from dropsim.gateway.problems import PROBLEM_JSON, problem_body
 from dropsim.gateway.tokens import Principal
 from dropsim.metrics import RATE_LIMITED
 from dropsim.ports import KeyValueStore
@@ -155,21 +154,21 @@ class RateLimitMiddleware(ASGIMiddleware):
         client = scope.get("client")
         return client[0] if client else "unknown"
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    async def admit(
+        self, scope: Scope, path_template: str, principal: Principal | None
+    ) -> Admission | None:
+        """The verdict on a request to the route `path_template` from `principal` (None:
+        anonymous), or None when that route is not limited or limiting is off."""
         if not self._config.enabled:
-            await next_app(scope, receive, send)
-            return
-        plan = self._plan(scope["method"], scope["path_template"])  # type: ignore[typeddict-item]
+            return None
+        plan = self._plan(scope["method"], path_template)  # type: ignore[typeddict-item]
         if plan is None:
-            await next_app(scope, receive, send)
-            return
+            return None
         if self._gate is None:
             raise RuntimeError("the rate limiter is not connected to the KV store")
         address = self.client_address(scope)
-        principal = scope.get("user")
-        signed_in = isinstance(principal, Principal)
         budgets: Sequence[tuple[str, Limit]]
-        if signed_in:
+        if principal is not None:
             budgets = (
                 (plan.user_prefix + principal.user_id, plan.user_limit),
                 (plan.ip_prefix + address, plan.ip_limit),
@@ -177,13 +176,24 @@ class RateLimitMiddleware(ASGIMiddleware):
         else:
             budgets = ((plan.ip_prefix + address, plan.ip_limit),)
         decision = await self._gate.check(budgets)
+        signed_in = principal is not None
         headers = [
             (b"ratelimit-policy", plan.user_policy if signed_in else plan.ip_policy),
             (b"ratelimit", plan.state(decision, signed_in)),
         ]
-        if not decision.allowed:
-            await _refuse(plan, decision, signed_in, headers, send)
+        return Admission(decision.allowed, headers, plan, decision, signed_in)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        user = scope.get("user")
+        principal = user if isinstance(user, Principal) else None
+        admission = await self.admit(scope, scope["path_template"], principal)
+        if admission is None:
+            await next_app(scope, receive, send)
             return
+        if not admission.allowed:
+            await admission.refuse(send)
+            return
+        headers = admission.headers
 
         async def send_with_state(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -193,45 +203,47 @@ class RateLimitMiddleware(ASGIMiddleware):
         await next_app(scope, receive, send_with_state)
 
 
-async def _refuse(
-    plan: _Plan,
-    decision: Decision,
-    signed_in: bool,
-    headers: list[tuple[bytes, bytes]],
-    send: Send,
-) -> None:
-    """Answer 429 with a problem body; count it against the budget that refused (the user's
-    when both did, since that one is the caller's own doing)."""
-    by_user = signed_in and decision.budgets[0].wait_us > 0
-    scope = "user" if by_user else "ip"
-    (plan.refused_by_user if by_user else plan.refused_by_ip).inc()
-    retry_after = max(1, _seconds(decision.retry_after_us))
-    who = "this user" if by_user else "this address"
-    body = msgspec.json.encode(
-        {
-            "type": "https://dropsim.dev/problems/rate-limited",
-            "title": "Too Many Requests",
-            "status": 429,
-            "code": "rate_limited",
-            "detail": f"too many {plan.route_class} requests from {who}; retry in {retry_after} s",
-            "route_class": plan.route_class.value,
-            "scope": scope,
-            "retry_after": retry_after,
-        }
-    )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", PROBLEM_JSON.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(retry_after).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The limiter's verdict on one request, and the `RateLimit` headers its answer carries."""
+
+    allowed: bool
+    headers: list[tuple[bytes, bytes]]
+    plan: _Plan
+    decision: Decision
+    signed_in: bool
+
+    async def refuse(self, send: Send) -> None:
+        """Answer 429 with a problem body; count it against the budget that refused (the
+        user's when both did, since that one is the caller's own doing)."""
+        plan, decision = self.plan, self.decision
+        by_user = self.signed_in and decision.budgets[0].wait_us > 0
+        scope = "user" if by_user else "ip"
+        (plan.refused_by_user if by_user else plan.refused_by_ip).inc()
+        retry_after = max(1, _seconds(decision.retry_after_us))
+        who = "this user" if by_user else "this address"
+        body = problem_body(
+            429,
+            "rate_limited",
+            f"too many {plan.route_class} requests from {who}; retry in {retry_after} s",
+            title="Too Many Requests",
+            route_class=plan.route_class.value,
+            scope=scope,
+            retry_after=retry_after,
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(retry_after).encode()),
+                    *self.headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-__all__ = ["RateLimitMiddleware", "rate_limit_config"]
+__all__ = ["Admission", "RateLimitMiddleware", "rate_limit_config"]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, Router, get, post
+from litestar import MediaType, Request, Response, Router, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -14,7 +15,7 @@ from litestar.security.jwt import Token
 from dropsim.accounts.models import Role
 from dropsim.errors import InvalidRequest
 from dropsim.gateway.auth import requires
-from dropsim.gateway.problems import problem
+from dropsim.gateway.problems import PROBLEM_JSON, problem_body
 from dropsim.gateway.tokens import Principal
 from dropsim.orders.audit import Auditor, DropAudit
 from dropsim.orders.idempotency import fingerprint
@@ -23,6 +24,8 @@ from dropsim.orders.reconcile import Rebuilt, Reconciler
 from dropsim.orders.service import OrderService, PlacedOrder
 from dropsim.pagination import Page, PageSize, decode_cursor, page_of
 
+ORDER_PATH = "/v1/drops/{drop_id}/orders"
+"""The order route's template, as Litestar names it in metrics and the rate limiter's plans."""
 REPLAYED = "Idempotency-Replayed"
 MAX_ORDER_BODY = 1024
 
@@ -39,7 +42,7 @@ class ReconcileRequest(msgspec.Struct, forbid_unknown_fields=True):
 _decode_order = msgspec.json.Decoder(OrderRequest)
 
 
-def _parse(raw: bytes) -> OrderRequest:
+def parse_order(raw: bytes) -> OrderRequest:
     """The order body ({} or empty means one unit); bad input is refused before any key is used."""
     if not raw.strip():
         return OrderRequest()
@@ -54,23 +57,28 @@ def _parse(raw: bytes) -> OrderRequest:
         raise InvalidRequest(str(exc), code=code) from None
 
 
-def _response(placed: PlacedOrder) -> Response[Any]:
-    headers = {REPLAYED: "true"} if placed.replayed else {}
+@dataclass(frozen=True, slots=True)
+class OrderAnswer:
+    """What the order route answers, as bytes: the same whichever way the request came in
+    (the Litestar route below, or the gateway's order lane)."""
+
+    status: int
+    body: bytes
+    media_type: str
+    replayed: bool
+
+
+def answer(placed: PlacedOrder) -> OrderAnswer:
+    """The answer to a placed (or refused, or replayed) order."""
     if placed.rejection is not None:
-        return problem(
-            placed.status,
-            placed.rejection.value,
-            REJECTION_DETAIL[placed.rejection],
-            headers=headers,
-        )
+        rejection = placed.rejection
+        body = problem_body(placed.status, rejection.value, REJECTION_DETAIL[rejection])
+        return OrderAnswer(placed.status, body, PROBLEM_JSON, placed.replayed)
     if placed.stored_body is not None:
-        return Response(
-            placed.stored_body.encode(),
-            status_code=placed.status,
-            media_type="application/json",
-            headers=headers,
-        )
-    return Response(placed.order, status_code=placed.status, headers=headers)
+        body = placed.stored_body.encode()
+    else:
+        body = msgspec.json.encode(placed.order)
+    return OrderAnswer(placed.status, body, MediaType.JSON, placed.replayed)
 
 
 @post("/drops/{drop_id:str}/orders", status_code=201)
@@ -81,7 +89,7 @@ async def place_order(
 ) -> Response[Any]:
     """Order units of a drop. Send a fresh `Idempotency-Key` per purchase and repeat it on retry."""
     raw = await request.body()
-    body = _parse(raw)
+    body = parse_order(raw)
     placed = await order_service.place_order(
         request.user,
         drop_id,
@@ -89,7 +97,13 @@ async def place_order(
         body.quantity,
         fingerprint("POST", request.url.path, raw),
     )
-    return _response(placed)
+    result = answer(placed)
+    return Response(
+        result.body,
+        status_code=result.status,
+        media_type=result.media_type,
+        headers={REPLAYED: "true"} if result.replayed else None,
+    )
 
 
 @get("/orders/{order_id:str}")
