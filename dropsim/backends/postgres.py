@@ -81,8 +81,9 @@ class _PoolQueries:
         return _rowcount(await self._pool.execute(numbered(sql), *params))
 
     async def execute_many(self, sql: str, rows: Iterable[Params]) -> None:
-        async with self._pool.acquire() as connection, connection.transaction():
-            await connection.executemany(numbered(sql), rows)
+        # atomic without BEGIN and COMMIT: asyncpg sends every row's Bind/Execute, then one
+        # Sync, so the rows share PostgreSQL's implicit transaction (asyncpg >= 0.22)
+        await self._pool.executemany(numbered(sql), rows)
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         return list(await self._pool.fetch(numbered(sql), *params))
