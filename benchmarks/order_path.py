@@ -1,6 +1,6 @@
 """Order-path throughput over HTTP, as ratios against a hello-world route measured in the same run.
 
-    python benchmarks/order_path.py [--seconds 10] [--connections 64] [--real]
+    python benchmarks/order_path.py [--seconds 6] [--rounds 3] [--connections 64] [--real]
 
 Starts one dropsim server process per backend (embedded; with --real also Redis + PostgreSQL
 from DROPSIM_TEST_REDIS_URL / DROPSIM_TEST_POSTGRES_URL), and drives it with wrk (Debian
@@ -10,12 +10,17 @@ package `wrk`) from another process, one wrk thread so the server keeps a core:
     order      POST /v1/drops/{id}/orders    fresh key per request, stock never runs out
     sold out   POST /v1/drops/{id}/orders    fresh keys on a sold-out drop
 
-The simulated provider runs in its own process, as an external one would, and never calls
-back (the payment timeout is longer than the run): the figures are the order path including
-its payment hand-off (one HTTP call to the provider per order), without settlement. Figures
-are printed, never asserted: these machines are noisy, so compare the ratios, not the
-absolute numbers. The server's CPU per request (all its threads) is the steadier figure: its
-ratio to hello's says what throughput the path would reach were the server alone on a core.
+Each path is first warmed up (3 s, not measured: connection pools fill, tokens are verified
+once), then the three are measured in turn, `--rounds` times over, and each figure is the
+median of its rounds. Before each run the server is left to go idle, and a run's CPU is
+counted until it is idle again: what a run leaves behind (payment hand-offs still going out)
+is its own, not the next run's. The simulated provider runs in its own process, as an external one
+would, and never calls back (the payment timeout is longer than the run): the figures are the
+order path including its payment hand-off (one HTTP call to the provider per order), without
+settlement. Figures are printed, never asserted: these machines are noisy, so compare the
+ratios, not the absolute numbers. The server's CPU per request (all its threads) is the
+steadier figure: its ratio to hello's says what throughput the path would reach were the
+server alone on a core.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +49,7 @@ from dropsim.settings import Settings
 from dropsim.testing import ServerProcess, embedded_settings
 
 BUYERS = 2_000
+WARM_UP_SECONDS = 3
 
 DONE = """
 done = function(summary, latency, requests)
@@ -57,7 +66,7 @@ ORDER_REQUEST = """
 local tokens = {TOKENS}
 local path = "PATH"
 local counter = 0
-local prefix = tostring(math.random(1, 1000000000))
+local prefix = "RUN_PREFIX"
 request = function()
   counter = counter + 1
   local token = tokens[(counter % #tokens) + 1]
@@ -77,7 +86,8 @@ def order_script(tokens: list[str], path: str) -> str:
 
 def wrk(url: str, script: str, seconds: int, connections: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-        handle.write(script)
+        # fresh Idempotency-Keys in every run (Lua's unseeded math.random repeats across runs)
+        handle.write(script.replace("RUN_PREFIX", uuid.uuid4().hex))
     try:
         output = subprocess.run(
             [
@@ -154,32 +164,58 @@ async def prepare(url: str, settings: Settings) -> tuple[list[str], str, str]:
     return tokens, drops[0], drops[1]
 
 
-def run_backend(name: str, settings: Settings, seconds: int, connections: int) -> list[list[str]]:
+def settled(server: ServerProcess, *, busy: float = 0.05, longest: float = 30.0) -> float:
+    """The server's CPU seconds once it has gone idle (below `busy` of a core over a quarter
+    of a second), so that no run pays for work the previous one left behind."""
+    deadline = time.monotonic() + longest
+    used = server.cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = server.cpu_seconds()
+        if now - used < busy * 0.25:
+            return now
+        used = now
+    return used
+
+
+def run_backend(
+    name: str, settings: Settings, seconds: int, connections: int, rounds: int
+) -> list[list[str]]:
     rows = []
     # the provider is external, as a real one is: its own process
     provider, provider_url = start_provider_process(settings)
     settings = settings.model_copy(update={"payment_provider_url": provider_url})
     try:
-        rows = _measure(name, settings, seconds, connections)
+        rows = _measure(name, settings, seconds, connections, rounds)
     finally:
         provider.terminate()
         provider.wait(timeout=10)
     return rows
 
 
-def _measure(name: str, settings: Settings, seconds: int, connections: int) -> list[list[str]]:
+def _measure(
+    name: str, settings: Settings, seconds: int, connections: int, rounds: int
+) -> list[list[str]]:
     rows = []
     with ServerProcess(settings) as server:
         tokens, open_drop, sold_out_drop = asyncio.run(prepare(server.url, settings))
         scripts = {"hello": (f"{server.url}/health/live", DONE)}
         for label, drop in (("order", open_drop), ("sold out", sold_out_drop)):
             scripts[label] = (server.url, order_script(tokens, f"/v1/drops/{drop}/orders"))
-        results = {}
-        for label, (url, script) in scripts.items():
-            used = server.cpu_seconds()
-            result = wrk(url, script, seconds, connections)
-            result["cpu_us"] = (server.cpu_seconds() - used) / max(result["requests"], 1) * 1e6
-            results[label] = result
+        for url, script in scripts.values():  # warm-up: pools, caches, first token checks
+            wrk(url, script, WARM_UP_SECONDS, connections)
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in scripts}
+        for _ in range(rounds):  # interleaved, so a slow spell of the machine hits every path
+            for label, (url, script) in scripts.items():
+                used = settled(server)
+                result = wrk(url, script, seconds, connections)
+                # a run's CPU includes what it left the server to finish (payment hand-offs)
+                result["cpu_us"] = (settled(server) - used) / max(result["requests"], 1) * 1e6
+                runs[label].append(result)
+        results = {
+            label: {field: statistics.median(run[field] for run in done) for field in done[0]}
+            for label, done in runs.items()
+        }
         hello = results["hello"]
         for label, result in results.items():
             rows.append(
@@ -201,7 +237,8 @@ def _measure(name: str, settings: Settings, seconds: int, connections: int) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=6, help="length of each measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs of each path")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--real", action="store_true", help="also run on Redis + PostgreSQL")
     args = parser.parse_args()
@@ -219,13 +256,14 @@ def main() -> None:
             embedded_settings(Path(directory), shards=4, **quiet_payments),
             args.seconds,
             args.connections,
+            args.rounds,
         )
         if args.real:
             from tests.conftest import real_settings
 
             real = real_settings(Path(directory) / "real", shards=4)
             real = real.model_copy(update=quiet_payments)
-            rows += run_backend("redis+postgres", real, args.seconds, args.connections)
+            rows += run_backend("redis+postgres", real, args.seconds, args.connections, args.rounds)
     header = [
         "backend",
         "path",

@@ -1,42 +1,136 @@
 """The real KV store: a Redis server over the network (redis-py's asyncio client).
 
-Lua scripts, the hot path of every order, are sent straight down connections the script keeps
-(`ConnectionScript`) rather than through redis-py's `execute_command`: its retry wrapper, pool
-checkout under a lock, timeouts and observability hooks cost ~125 us of CPU per call here,
-against ~75 us on a connection used directly.
+Lua scripts, the hot path of every order, are pipelined down one connection (`ScriptPipe`)
+rather than sent through redis-py's `execute_command`: its retry wrapper, pool checkout under a
+lock, timeouts and observability hooks cost ~125 us of CPU per call here, and each call waits
+for a connection of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as redis_asyncio
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
 from redis.typing import EncodableT, KeyT, ScriptTextT
 
 from dropsim.errors import BackendUnavailable
 from dropsim.ports import KeyValueStore
 
-KEPT_CONNECTIONS = 4
-"""Connections a script keeps between calls (a batched script has one call in flight at a time;
-scripts called concurrently borrow more from the pool and give the extra back)."""
+
+class ScriptPipe:
+    """One connection on which script calls are written the moment they are made and answered
+    in the order they were written (Redis answers a connection's commands in order), so calls
+    from concurrent requests share writes, reads and wake-ups instead of taking turns on
+    connections from the pool.
+
+    If the connection fails, every call waiting on it gets the error (a script that may have
+    run is not sent again) and the next call opens a new connection.
+    """
+
+    def __init__(self, pool: redis_asyncio.ConnectionPool) -> None:
+        self._pool = pool
+        self._connection: AbstractConnection | None = None
+        self._opening: asyncio.Future[AbstractConnection] | None = None
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def call(self, *args: EncodableT) -> Any:
+        """The reply to one command (a `ResponseError` reply is raised)."""
+        connection = self._connection or await self._open()
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append(answer)
+        # hiredis packs in C what redis-py's asyncio connection packs in Python (its stub types
+        # the argument as a 1-tuple); with no socket timeout, the write happens before the
+        # first await, so writes keep the order of `_waiting`
+        command = hiredis.pack_command(args)  # type: ignore[arg-type]
+        try:
+            await connection.send_packed_command(command, check_health=False)
+        except BaseException as exc:
+            self._fail(connection, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                answer.exception()  # (retrieved: the caller is gone)
+                raise
+        return await answer
+
+    async def _open(self) -> AbstractConnection:
+        if self._opening is None:
+            self._opening = asyncio.get_running_loop().create_future()
+            try:
+                # its own connection, as the pool would make one, but with no socket timeout:
+                # then a write happens before the first await (the order of `_waiting`), and
+                # an idle read waits as long as it takes
+                options = {**self._pool.connection_kwargs, "socket_timeout": None}
+                connection: AbstractConnection = self._pool.connection_class(**options)
+                await connection.connect()  # type: ignore[no-untyped-call]
+            except BaseException as exc:
+                opening, self._opening = self._opening, None
+                opening.set_exception(exc)
+                opening.exception()
+                raise
+            self._connection = connection
+            self._reader = asyncio.create_task(self._read(connection))
+            self._opening.set_result(connection)
+            self._opening = None
+            return connection
+        return await asyncio.shield(self._opening)
+
+    async def _read(self, connection: AbstractConnection) -> None:
+        try:
+            while True:
+                try:
+                    reply = await connection.read_response(timeout=math.inf)
+                except ResponseError as error:
+                    reply = error
+                answer = self._waiting.popleft()
+                if answer.done():  # its caller was cancelled meanwhile
+                    continue
+                if isinstance(reply, ResponseError):
+                    answer.set_exception(reply)
+                else:
+                    answer.set_result(reply)
+        except BaseException as exc:
+            self._fail(connection, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def _fail(self, connection: AbstractConnection, cause: BaseException) -> None:
+        """Give up `connection`: every call waiting on it fails, the next one reconnects."""
+        if self._connection is not connection:
+            return
+        self._connection = None
+        waiting, self._waiting = self._waiting, deque()
+        error = cause if isinstance(cause, RedisError) else ConnectionError(f"{cause!r}")
+        for answer in waiting:
+            if not answer.done():
+                answer.set_exception(error)
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._reader = None
+        asyncio.get_running_loop().create_task(connection.disconnect(nowait=True))
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection = self._connection
+            self._fail(connection, ConnectionError("the client is closing"))
+            await connection.disconnect(nowait=True)
 
 
 class ConnectionScript(AsyncScript):
-    """A Lua script called with EVALSHA on a connection of its own (SCRIPT LOAD on NOSCRIPT).
+    """A Lua script called with EVALSHA down its client's `ScriptPipe` (SCRIPT LOAD on
+    NOSCRIPT). A failed connection's error reaches the caller as from redis-py, but without
+    its retries: a script that may have run must not run twice."""
 
-    A connection that fails mid-call (or whose caller is cancelled mid-call) is closed and
-    goes back to the pool; the error reaches the caller, as from redis-py, but without its
-    retries: a script that may have run must not run twice.
-    """
-
-    def __init__(self, client: redis_asyncio.Redis, script: ScriptTextT) -> None:
+    def __init__(self, client: ScriptedRedis, script: ScriptTextT) -> None:
         super().__init__(client, script)
-        self._pool = client.connection_pool
-        self._kept: list[AbstractConnection] = []
+        self._pipe = client.script_pipe
 
     async def __call__(
         self,
@@ -47,43 +141,24 @@ class ConnectionScript(AsyncScript):
         if client is not None:  # a pipeline or another client: redis-py's own way
             return await super().__call__(keys, args, client)
         keys = keys or ()
-        if self._kept:
-            connection = self._kept.pop()
-        else:
-            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        arguments = (*keys, *(args or ()))
         try:
-            try:
-                reply = await self._evalsha(connection, keys, args or ())
-            except NoScriptError:
-                await connection.send_command("SCRIPT", "LOAD", self.script)
-                self.sha = await connection.read_response()
-                reply = await self._evalsha(connection, keys, args or ())
-        except ResponseError:
-            await self._keep(connection)  # the script raised; the connection is fine
-            raise
-        except BaseException:
-            await connection.disconnect(nowait=True)
-            await self._pool.release(connection)
-            raise
-        await self._keep(connection)
-        return reply
-
-    async def _evalsha(
-        self, connection: AbstractConnection, keys: Sequence[KeyT], args: Iterable[EncodableT]
-    ) -> Any:
-        command = connection.pack_command("EVALSHA", self.sha, len(keys), *keys, *args)
-        await connection.send_packed_command(command)
-        return await connection.read_response()
-
-    async def _keep(self, connection: AbstractConnection) -> None:
-        if len(self._kept) < KEPT_CONNECTIONS:
-            self._kept.append(connection)
-        else:
-            await self._pool.release(connection)
+            return await self._pipe.call("EVALSHA", self.sha, len(keys), *arguments)
+        except NoScriptError:
+            self.sha = await self._pipe.call("SCRIPT", "LOAD", self.script)
+            return await self._pipe.call("EVALSHA", self.sha, len(keys), *arguments)
 
 
 class ScriptedRedis(redis_asyncio.Redis):
-    """redis-py's client whose registered scripts are `ConnectionScript`s."""
+    """redis-py's client whose registered scripts are `ConnectionScript`s, all on one pipe."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.script_pipe = ScriptPipe(self.connection_pool)
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await self.script_pipe.close()
+        await super().aclose(close_connection_pool)
 
     def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
         return ConnectionScript(self, script)
