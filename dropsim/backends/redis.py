@@ -25,71 +25,84 @@ from dropsim.errors import BackendUnavailable
 from dropsim.ports import KeyValueStore
 
 
+class _Line:
+    """One connection of a pipe, with the calls written on it and waiting for their replies."""
+
+    __slots__ = ("closed", "connection", "reader", "waiting")
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self.connection = connection
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.reader: asyncio.Task[None] | None = None
+        self.closed = False
+
+
 class ScriptPipe:
     """One connection on which script calls are written the moment they are made and answered
     in the order they were written (Redis answers a connection's commands in order), so calls
     from concurrent requests share writes, reads and wake-ups instead of taking turns on
     connections from the pool.
 
-    If the connection fails, every call waiting on it gets the error (a script that may have
-    run is not sent again) and the next call opens a new connection.
+    If the connection fails, every call written on it gets the error (a script that may have
+    run is not sent again) and the next call opens a new connection; a reply can only ever
+    reach a call written on the same connection.
     """
 
     def __init__(self, pool: redis_asyncio.ConnectionPool) -> None:
         self._pool = pool
-        self._connection: AbstractConnection | None = None
-        self._opening: asyncio.Future[AbstractConnection] | None = None
-        self._waiting: deque[asyncio.Future[Any]] = deque()
-        self._reader: asyncio.Task[None] | None = None
+        self._line: _Line | None = None
+        self._opening: asyncio.Future[_Line] | None = None
 
     async def call(self, *args: EncodableT) -> Any:
         """The reply to one command (a `ResponseError` reply is raised)."""
-        connection = self._connection or await self._open()
+        line = self._line if self._line is not None else await self._open()
+        if line.closed:  # (lost while this call waited for it to open)
+            raise ConnectionError("the connection to Redis was lost")
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append(answer)
+        line.waiting.append(answer)
         # hiredis packs in C what redis-py's asyncio connection packs in Python (its stub types
-        # the argument as a 1-tuple); with no socket timeout, the write happens before the
-        # first await, so writes keep the order of `_waiting`
+        # the argument as a 1-tuple); with no socket timeout the write happens before the first
+        # await, so the writes keep the order of `waiting`
         command = hiredis.pack_command(args)  # type: ignore[arg-type]
         try:
-            await connection.send_packed_command(command, check_health=False)
+            await line.connection.send_packed_command(command, check_health=False)
         except BaseException as exc:
-            self._fail(connection, exc)
+            self._fail(line, exc)
             if isinstance(exc, asyncio.CancelledError):
                 answer.exception()  # (retrieved: the caller is gone)
                 raise
         return await answer
 
-    async def _open(self) -> AbstractConnection:
-        if self._opening is None:
-            self._opening = asyncio.get_running_loop().create_future()
-            try:
-                # its own connection, as the pool would make one, but with no socket timeout:
-                # then a write happens before the first await (the order of `_waiting`), and
-                # an idle read waits as long as it takes
-                options = {**self._pool.connection_kwargs, "socket_timeout": None}
-                connection: AbstractConnection = self._pool.connection_class(**options)
-                await connection.connect()  # type: ignore[no-untyped-call]
-            except BaseException as exc:
-                opening, self._opening = self._opening, None
-                opening.set_exception(exc)
-                opening.exception()
-                raise
-            self._connection = connection
-            self._reader = asyncio.create_task(self._read(connection))
-            self._opening.set_result(connection)
+    async def _open(self) -> _Line:
+        if self._opening is not None:
+            return await asyncio.shield(self._opening)
+        opening = self._opening = asyncio.get_running_loop().create_future()
+        try:
+            # its own connection, made as the pool makes one but with no socket timeout: then
+            # a write happens before the first await, and an idle read waits for as long as it
+            # takes
+            options = {**self._pool.connection_kwargs, "socket_timeout": None}
+            connection: AbstractConnection = self._pool.connection_class(**options)
+            await connection.connect()  # type: ignore[no-untyped-call]
+        except BaseException as exc:
             self._opening = None
-            return connection
-        return await asyncio.shield(self._opening)
+            opening.set_exception(exc)
+            opening.exception()
+            raise
+        line = self._line = _Line(connection)
+        line.reader = asyncio.create_task(self._read(line))
+        self._opening = None
+        opening.set_result(line)
+        return line
 
-    async def _read(self, connection: AbstractConnection) -> None:
+    async def _read(self, line: _Line) -> None:
         try:
             while True:
                 try:
-                    reply = await connection.read_response(timeout=math.inf)
+                    reply = await line.connection.read_response(timeout=math.inf)
                 except ResponseError as error:
                     reply = error
-                answer = self._waiting.popleft()
+                answer = line.waiting.popleft()
                 if answer.done():  # its caller was cancelled meanwhile
                     continue
                 if isinstance(reply, ResponseError):
@@ -97,30 +110,32 @@ class ScriptPipe:
                 else:
                     answer.set_result(reply)
         except BaseException as exc:
-            self._fail(connection, exc)
+            self._fail(line, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
-    def _fail(self, connection: AbstractConnection, cause: BaseException) -> None:
-        """Give up `connection`: every call waiting on it fails, the next one reconnects."""
-        if self._connection is not connection:
+    def _fail(self, line: _Line, cause: BaseException) -> None:
+        """Give up `line`: every call written on it fails; the next call opens another."""
+        if line.closed:
             return
-        self._connection = None
-        waiting, self._waiting = self._waiting, deque()
+        line.closed = True
+        if self._line is line:
+            self._line = None
         error = cause if isinstance(cause, RedisError) else ConnectionError(f"{cause!r}")
-        for answer in waiting:
+        for answer in line.waiting:
             if not answer.done():
                 answer.set_exception(error)
-        if self._reader is not None and self._reader is not asyncio.current_task():
-            self._reader.cancel()
-        self._reader = None
-        asyncio.get_running_loop().create_task(connection.disconnect(nowait=True))
+                answer.exception()  # (a cancelled caller would never retrieve it)
+        line.waiting.clear()
+        if line.reader is not None and line.reader is not asyncio.current_task():
+            line.reader.cancel()
+        asyncio.get_running_loop().create_task(line.connection.disconnect(nowait=True))
 
     async def close(self) -> None:
-        if self._connection is not None:
-            connection = self._connection
-            self._fail(connection, ConnectionError("the client is closing"))
-            await connection.disconnect(nowait=True)
+        line = self._line
+        if line is not None:
+            self._fail(line, ConnectionError("the client is closing"))
+            await line.connection.disconnect(nowait=True)
 
 
 class ConnectionScript(AsyncScript):
