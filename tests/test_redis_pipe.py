@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+import dropsim.backends.redis
 from dropsim.backends.redis import ScriptedRedis, open_redis_kv
 from tests.conftest import REDIS_ENV, real_url
 
@@ -79,3 +81,18 @@ async def test_a_lost_connection_fails_its_calls_and_the_next_call_reconnects(
     except ConnectionError:
         after = await asyncio.wait_for(slow(keys=["pipe:count"], args=["after"]), 5)
     assert after == "after"
+
+
+async def test_a_reply_that_does_not_come_in_time_fails_its_call_and_the_pipe_recovers(
+    kv: ScriptedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dropsim.backends.redis, "REPLY_TIMEOUT_SECONDS", 0.1)
+    spin = kv.register_script(
+        "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] "
+        "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 300000 return 1"
+    )
+    with pytest.raises(RedisTimeoutError):
+        await spin()
+    await asyncio.sleep(0.4)  # (Redis finishes the script meanwhile)
+    echo = kv.register_script(ECHO)
+    assert (await echo(keys=["pipe:count"], args=["after"]))[0] == "after"

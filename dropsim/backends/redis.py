@@ -19,10 +19,14 @@ import redis.asyncio as redis_asyncio
 from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, KeyT, ScriptTextT
 
 from dropsim.errors import BackendUnavailable
 from dropsim.ports import KeyValueStore
+
+REPLY_TIMEOUT_SECONDS = 10.0
+"""How long a script call waits for its reply (redis-py's socket timeout is not used here)."""
 
 
 class _Line:
@@ -71,7 +75,13 @@ class ScriptPipe:
             if isinstance(exc, asyncio.CancelledError):
                 answer.exception()  # (retrieved: the caller is gone)
                 raise
-        return await answer
+        try:
+            return await asyncio.wait_for(answer, REPLY_TIMEOUT_SECONDS)
+        except TimeoutError:
+            # Redis took too long: this line's state is unknown, so every call on it fails
+            error = RedisTimeoutError(f"no reply from Redis within {REPLY_TIMEOUT_SECONDS:g} s")
+            self._fail(line, error)
+            raise error from None
 
     async def _open(self) -> _Line:
         if self._opening is not None:
