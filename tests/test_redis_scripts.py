@@ -1,6 +1,6 @@
-"""Script calls pipelined down one Redis connection (`backends/redis.py`, real Redis only):
-each caller gets its own reply, however many are in flight, and a lost connection fails the
-calls written on it, never anyone else's, and is replaced."""
+"""Script calls on connections the script keeps (`backends/redis.py`, real Redis only): each
+caller gets its own reply, however many are in flight, a script error stays its caller's, and
+a lost connection fails its call and is replaced."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.exceptions import ConnectionError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-import dropsim.backends.redis
 from dropsim.backends.redis import ScriptedRedis, open_redis_kv
 from tests.conftest import REDIS_ENV, real_url
 
@@ -34,16 +32,17 @@ async def test_every_caller_gets_its_own_reply(kv: ScriptedRedis) -> None:
     echo = kv.register_script(ECHO)
     replies = await asyncio.gather(*(echo(keys=["pipe:count"], args=[n]) for n in range(2_000)))
     assert [int(argument) for argument, _ in replies] == list(range(2_000))
-    # written in call order, so Redis ran them in that order too
-    assert [int(count) for _, count in replies] == list(range(1, 2_001))
+    # each ran once: the counts are 1..2000, in whatever order the connections ran them
+    assert sorted(int(count) for _, count in replies) == list(range(1, 2_001))
 
 
 async def test_a_script_error_is_the_callers_alone(kv: ScriptedRedis) -> None:
     echo = kv.register_script(ECHO)
     broken = kv.register_script("return redis.call('NOSUCHCOMMAND')")
-    calls = [echo(keys=["pipe:count"], args=[1]), broken(), echo(keys=["pipe:count"], args=[3])]
-    first, failed, last = await asyncio.gather(*calls, return_exceptions=True)
-    assert isinstance(failed, ResponseError)
+    first = await echo(keys=["pipe:count"], args=[1])
+    with pytest.raises(ResponseError):
+        await broken()
+    last = await echo(keys=["pipe:count"], args=[3])  # (on the connection the error left)
     assert first == ["1", 1]
     assert last == ["3", 2]
 
@@ -74,25 +73,10 @@ async def test_a_lost_connection_fails_its_calls_and_the_next_call_reconnects(
     # each call either ran before the kill (its own reply) or failed: never another's reply
     for n, outcome in enumerate(outcomes[1:]):
         assert outcome == str(n) or isinstance(outcome, ConnectionError), outcome
-    # a call written before the pipe saw the connection close fails too; the one after it
+    # the next call may still be sent down a killed connection and fail; the one after it
     # runs on a new connection
     try:
         after = await asyncio.wait_for(slow(keys=["pipe:count"], args=["after"]), 5)
     except ConnectionError:
         after = await asyncio.wait_for(slow(keys=["pipe:count"], args=["after"]), 5)
     assert after == "after"
-
-
-async def test_a_reply_that_does_not_come_in_time_fails_its_call_and_the_pipe_recovers(
-    kv: ScriptedRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(dropsim.backends.redis, "REPLY_TIMEOUT_SECONDS", 0.1)
-    spin = kv.register_script(
-        "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] "
-        "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 300000 return 1"
-    )
-    with pytest.raises(RedisTimeoutError):
-        await spin()
-    await asyncio.sleep(0.4)  # (Redis finishes the script meanwhile)
-    echo = kv.register_script(ECHO)
-    assert (await echo(keys=["pipe:count"], args=["after"]))[0] == "after"
