@@ -28,7 +28,7 @@ from dropsim.gateway.problems import INTERNAL_ERROR_DETAIL, PROBLEM_JSON, proble
 from dropsim.gateway.ratelimit import RateLimitMiddleware
 from dropsim.gateway.request_metrics import measured
 from dropsim.gateway.tokens import Principal, TokenIssuer
-from dropsim.orders.api import MAX_ORDER_BODY, ORDER_PATH, answer, parse_order
+from dropsim.orders.api import MAX_ORDER_BODY, ORDER_PATH, REPLAYED, answer, parse_order
 from dropsim.orders.idempotency import MAX_KEY_LENGTH, fingerprint
 from dropsim.orders.service import OrderService
 
@@ -37,7 +37,7 @@ logger = logging.getLogger("dropsim.errors")
 _PREFIX, _SUFFIX = "/v1/drops/", "/orders"
 _CALL = "dropsim.order"
 """Where in the scope the lane leaves the order it read, for its measured half."""
-_REPLAYED = (b"idempotency-replayed", b"true")
+_REPLAYED = (REPLAYED.lower().encode(), b"true")
 
 
 def drop_of(path: str) -> str | None:
