@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -328,6 +330,106 @@ async def test_concurrent_relative_updates_lose_no_update(db: ShardedDatabase) -
     await asyncio.gather(*(increment(i % 2 == 0) for i in range(50)))
 
     assert await db.shard(0).fetch_one("SELECT n FROM counters WHERE name = 'seed'") == (50,)
+
+
+async def test_many_concurrent_statements_each_get_their_answer(db: ShardedDatabase) -> None:
+    """More statements at once than any pool holds connections: each answers its own query,
+    and the shard keeps working afterwards."""
+    await db.shard(0).execute_many(
+        "INSERT INTO items (id, name, qty) VALUES (?, ?, ?)",
+        [(f"c{i}", f"item {i}", i) for i in range(200)],
+    )
+
+    async def read(i: int) -> int:
+        row = await db.shard(0).fetch_one("SELECT qty FROM items WHERE id = ?", (f"c{i}",))
+        assert row is not None
+        return int(row[0])
+
+    assert await asyncio.gather(*(read(i) for i in range(200))) == list(range(200))
+    assert await db.shard(0).fetch_one("SELECT COUNT(*) FROM items") == (200,)
+
+
+async def test_a_failed_statement_leaves_the_shard_usable(db: ShardedDatabase) -> None:
+    """Errors, one after another and concurrent with good statements: every later statement
+    still runs, autocommitted (no statement is left inside an aborted transaction)."""
+    insert = "INSERT INTO items (id, name, qty) VALUES (?, ?, ?)"
+    await db.shard(0).execute(insert, ("dup", "first", 1))
+
+    async def duplicate() -> None:
+        with pytest.raises(DRIVER_ERRORS):
+            await db.shard(0).execute(insert, ("dup", "again", 2))
+
+    async def good(i: int) -> None:
+        await db.shard(0).execute(insert, (f"g{i}", "good", i))
+
+    await asyncio.gather(*(duplicate() if i % 2 else good(i) for i in range(40)))
+
+    assert await db.shard(0).fetch_one("SELECT COUNT(*) FROM items") == (21,)
+    assert await db.shard(0).fetch_one("SELECT name FROM items WHERE id = 'dup'") == ("first",)
+
+
+async def test_a_cancelled_statement_leaves_the_shard_usable(db: ShardedDatabase) -> None:
+    """A caller that gives up mid-statement (a client gone, a timeout) does not leave a
+    connection in a state that breaks the next statements. (SQLite's thread finishes the
+    query it was given, so the statements after it wait for that, then run.)"""
+    slow = (
+        "SELECT pg_sleep(5)"
+        if db.dialect == "postgresql"
+        else "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 2000000) "
+        "SELECT COUNT(*) FROM r"
+    )
+    for _ in range(6):
+        task = asyncio.create_task(db.shard(0).fetch_one(slow))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def count() -> Any:
+        return await db.shard(0).fetch_one("SELECT COUNT(*) FROM items")
+
+    assert await asyncio.wait_for(asyncio.gather(*(count() for _ in range(12))), 30) == [(0,)] * 12
+
+
+async def test_connections_the_server_closed_are_replaced(database_url: str) -> None:
+    """PostgreSQL ends every connection (a restart, a failover, an idle timeout): a statement
+    may fail once per lost connection, as with any pool, and then the shard works again."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a SQLite shard has no server to lose")
+    db = await open_database(database_url, SHARDS)
+    try:
+        await db.migrate(MIGRATIONS)
+        await asyncio.gather(*(db.shard(0).fetch_one("SELECT 1") for _ in range(20)))
+        admin = await asyncpg.connect(database_url.replace("{shard}", "0"))
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.2)
+        answers = []
+        for _ in range(20):  # every lost connection fails at most one statement
+            try:
+                answers.append(await db.shard(0).fetch_one("SELECT 1"))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                answers.append(None)
+        assert answers[-5:] == [(1,)] * 5
+        assert answers.count(None) <= 10
+    finally:
+        await asyncio.wait_for(db.close(), 15)
+
+
+async def test_close_returns_promptly_after_a_rush(database_url: str) -> None:
+    """Connections kept between statements go back on close: closing does not wait out the
+    pools' grace period."""
+    db = await open_database(database_url, SHARDS)
+    await db.migrate(MIGRATIONS)
+    await asyncio.gather(*(db.shard(i % SHARDS).fetch_one("SELECT 1") for i in range(100)))
+    started = asyncio.get_running_loop().time()
+    await db.close()
+    assert asyncio.get_running_loop().time() - started < 5
 
 
 async def test_ping_answers(db: ShardedDatabase) -> None:
