@@ -80,11 +80,12 @@ class _PoolQueries:
 
     Up to `KEPT_CONNECTIONS` connections stay with these queries between statements instead of
     going back to the pool: asyncpg's acquire and release (a queue, a task to shield the
-    release, the release's bookkeeping) cost ~70 us of CPU per statement here, more than the
-    statement itself. A busier moment borrows more from the pool and gives the extra back.
-    A connection is kept only after a statement that finished or failed on the server's side
-    (a PostgreSQL error leaves it clean outside a transaction); any other error or a cancelled
-    caller sends it back to the pool, which resets or replaces it.
+    release, the release's bookkeeping) are about a quarter of a statement's client CPU
+    (`benchmarks/sql_statements.py`). A busier moment borrows more from the pool and gives the
+    extra back. A connection is kept only after a statement that finished or failed on the
+    server's side (a PostgreSQL error leaves it clean outside a transaction); any other error
+    or a cancelled caller sends it back to the pool, which resets or replaces it. Transactions
+    take a kept connection too when one is free, so keeping never starves them of the pool.
     """
 
     def __init__(self, pool: Any) -> None:
@@ -104,6 +105,18 @@ class _PoolQueries:
             self._kept.append(connection)
         else:
             await self._pool.release(connection)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A connection for a block of statements (a transaction): kept again after a block
+        that ended without an error, given back to the pool after any error."""
+        connection = await self._take()
+        try:
+            yield connection
+        except BaseException:
+            await self._pool.release(connection)
+            raise
+        await self._give_back(connection)
 
     async def _run(self, method: str, sql: str, *args: Any) -> Any:
         connection = await self._take()
@@ -183,7 +196,8 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def transaction(self, index: int) -> AsyncIterator[Queries]:
-        async with self._pools[index].acquire() as connection, connection.transaction():
+        # on a kept connection when one is free, so kept connections never starve transactions
+        async with self._autocommit[index].connection() as connection, connection.transaction():
             yield _ConnectionQueries(connection)
 
     async def migrate(self, migrations: Sequence[Migration]) -> None:
