@@ -432,6 +432,27 @@ async def test_close_returns_promptly_after_a_rush(database_url: str) -> None:
     assert asyncio.get_running_loop().time() - started < 5
 
 
+async def test_close_while_a_statement_runs_returns_promptly(database_url: str) -> None:
+    """A statement that ends after close began does not hold the close up: its connection
+    goes back to the pool, not to be kept."""
+    db = await open_database(database_url, SHARDS)
+    await db.migrate(MIGRATIONS)
+    await asyncio.gather(*(db.shard(0).fetch_one("SELECT 1") for _ in range(8)))
+    slow = (
+        "SELECT pg_sleep(0.5)"
+        if db.dialect == "postgresql"
+        else "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 1000000) "
+        "SELECT COUNT(*) FROM r"
+    )
+    running = asyncio.create_task(db.shard(0).fetch_one(slow))
+    await asyncio.sleep(0.1)
+    started = asyncio.get_running_loop().time()
+    await db.close()
+    assert asyncio.get_running_loop().time() - started < 5
+    with contextlib.suppress(*DRIVER_ERRORS, ValueError):
+        await running
+
+
 async def test_ping_answers(db: ShardedDatabase) -> None:
     await db.ping()
 

@@ -91,6 +91,7 @@ class _PoolQueries:
     def __init__(self, pool: Any) -> None:
         self._pool = pool
         self._kept: list[Any] = []
+        self._closing = False
 
     async def _take(self) -> Any:
         while self._kept:
@@ -101,7 +102,7 @@ class _PoolQueries:
         return await self._pool.acquire()
 
     async def _give_back(self, connection: Any) -> None:
-        if len(self._kept) < KEPT_CONNECTIONS:
+        if len(self._kept) < KEPT_CONNECTIONS and not self._closing:
             self._kept.append(connection)
         else:
             await self._pool.release(connection)
@@ -147,7 +148,9 @@ class _PoolQueries:
         return row
 
     async def close(self) -> None:
-        """Give the kept connections back, so that the pool can close."""
+        """Give the kept connections back, so that the pool can close (a statement still
+        running gives its connection back to the pool when it ends)."""
+        self._closing = True
         kept, self._kept = self._kept, []
         for connection in kept:
             await self._pool.release(connection)
