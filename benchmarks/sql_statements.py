@@ -32,17 +32,12 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
-from dropsim.backends.postgres import PostgresDatabase
+from dropsim.backends.postgres import PostgresDatabase, _SessionlessConnection, numbered
 
 TABLE = f"bench_statements_{uuid.uuid4().hex[:8]}"
 INSERT = f"INSERT INTO {TABLE} (id, user_id, quantity, status) VALUES (?, ?, ?, ?)"
 
 Statement = Callable[[tuple[Any, ...]], Awaitable[Any]]
-
-
-class _NoReset(asyncpg.Connection):  # type: ignore[misc]
-    def get_reset_query(self) -> str:
-        return ""
 
 
 def _row() -> tuple[Any, ...]:
@@ -65,17 +60,19 @@ async def _cpu_per_statement(statement: Statement, statements: int, callers: int
 async def main(url: str, statements: int, callers_list: list[int]) -> None:
     db = await PostgresDatabase.connect(url, 1)
     shard_url = url.replace("{shard}", "0")
-    pool = await asyncpg.create_pool(shard_url, min_size=1, max_size=10, connection_class=_NoReset)
+    pool = await asyncpg.create_pool(
+        shard_url, min_size=1, max_size=10, connection_class=_SessionlessConnection
+    )
     held = await asyncpg.connect(shard_url)
-    numbered = INSERT.replace("?", "{}").format("$1", "$2", "$3", "$4")
+    insert = numbered(INSERT)
     try:
         await held.execute(
             f"CREATE TABLE {TABLE} (id TEXT PRIMARY KEY, user_id TEXT, quantity INT, status TEXT)"
         )
         ways: dict[str, Statement] = {
-            "asyncpg pool": lambda row: pool.execute(numbered, *row),
+            "asyncpg pool": lambda row: pool.execute(insert, *row),
             "dropsim shard": lambda row: db.shard(0).execute(INSERT, row),
-            "one connection": lambda row: held.execute(numbered, *row),
+            "one connection": lambda row: held.execute(insert, *row),
         }
         table = Table(title=f"client CPU per INSERT, {statements:,} statements per figure")
         table.add_column("callers", justify="right")

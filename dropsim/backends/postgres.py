@@ -101,35 +101,35 @@ class _PoolQueries:
             await self._pool.release(connection)  # the server closed it: the pool replaces it
         return await self._pool.acquire()
 
-    async def _give_back(self, connection: Any) -> None:
-        if len(self._kept) < KEPT_CONNECTIONS and not self._closing:
+    async def _put_back(self, connection: Any, error: BaseException | None) -> None:
+        """Keep `connection` after a clean end or a PostgreSQL error (see the class docstring),
+        unless enough are kept or the queries are closing; else give it to the pool."""
+        clean = error is None or isinstance(error, asyncpg.PostgresError)
+        if clean and len(self._kept) < KEPT_CONNECTIONS and not self._closing:
             self._kept.append(connection)
         else:
             await self._pool.release(connection)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
-        """A connection for a block of statements (a transaction): kept again after a block
-        that ended without an error, given back to the pool after any error."""
+        """A connection for a block of statements (a transaction)."""
         connection = await self._take()
         try:
             yield connection
-        except BaseException:
-            await self._pool.release(connection)
+        except BaseException as error:
+            await self._put_back(connection, error)
             raise
-        await self._give_back(connection)
+        await self._put_back(connection, None)
 
     async def _run(self, method: str, sql: str, *args: Any) -> Any:
+        # `connection()` inlined: an async context manager costs this hot path a few us
         connection = await self._take()
         try:
             result = await getattr(connection, method)(numbered(sql), *args)
-        except asyncpg.PostgresError:
-            await self._give_back(connection)
+        except BaseException as error:
+            await self._put_back(connection, error)
             raise
-        except BaseException:
-            await self._pool.release(connection)
-            raise
-        await self._give_back(connection)
+        await self._put_back(connection, None)
         return result
 
     async def execute(self, sql: str, params: Params = ()) -> int:
