@@ -62,6 +62,7 @@ from dropsim.orders.stock_gauges import StockGauges
 from dropsim.orders.store import OrderStore
 from dropsim.payments import store as payment_tables
 from dropsim.payments.api import payments_router
+from dropsim.payments.handoff import PaymentQueue
 from dropsim.payments.housekeeping import CallbackPruner, PaymentRecovery
 from dropsim.payments.provider import EmbeddedProvider, provider_config
 from dropsim.payments.service import PaymentService
@@ -148,7 +149,8 @@ def build_services(
         timeout_seconds=settings.payment_timeout_seconds,
     )
     payments.connect_orders(orders.settle)
-    orders.connect_payments(payments)
+    # with payment workers, this process queues the orders it takes for them to charge
+    orders.connect_payments(PaymentQueue(backends.kv) if settings.payment_workers else payments)
     reconciler.connect_payments(payments)
     auditor = Auditor(order_store, inventory, creators, payments)
     hub = Hub()

@@ -86,6 +86,16 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="server processes")] = 1,
+    payment_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--payment-workers",
+            min=0,
+            max=64,
+            help="processes that charge the orders the servers take; 0: each server charges "
+            "its own (needs a shared KV store) [DROPSIM_PAYMENT_WORKERS]",
+        ),
+    ] = None,
     kv_url: KvUrl = None,
     db_url: DbUrl = None,
     shards: Shards = None,
@@ -110,6 +120,11 @@ def serve(
 ) -> None:
     """Serve the whole system: gateway, every service, the page, API docs and metrics."""
     from dropsim.backends import Backends
+    from dropsim.payments.worker import (
+        check_payment_workers,
+        start_payment_workers,
+        stop_payment_workers,
+    )
     from dropsim.serving import check_workers, write_server_note
     from dropsim.serving import serve as run_server
 
@@ -120,8 +135,10 @@ def serve(
         data_dir=data_dir,
         rate_limit_enabled=rate_limit,
         rate_limit_trusted_proxies=trusted_proxies,
+        payment_workers=payment_workers,
     )
     check_workers(settings, workers)
+    check_payment_workers(settings, settings.payment_workers)
 
     async def check_backends() -> None:
         backends = await Backends.open(settings)
@@ -133,8 +150,8 @@ def serve(
     if "public_url" not in settings.model_fields_set:
         settings = settings.model_copy(update={"public_url": url})
     provider_process = None
-    if workers > 1 and settings.payment_provider_url == "embedded":
-        # one provider for all workers, so any worker can refund any charge
+    if (workers > 1 or settings.payment_workers) and settings.payment_provider_url == "embedded":
+        # one provider for all processes, so any of them can refund any charge
         from dropsim.serving import start_provider_process
 
         provider_process, provider_url = start_provider_process(settings)
@@ -152,16 +169,35 @@ def serve(
             f"  SQL         {settings.db_url} x {settings.shards} shards\n"
             f"  payments    {settings.payment_provider_url} (simulated provider unless a URL)\n"
             f"  rate limit  {_rate_limits(settings)}\n"
-            f"  workers     {workers}",
+            f"  workers     {workers} server, {settings.payment_workers} payment",
             title="dropsim serve",
         )
     )
+    payment_processes = start_payment_workers(settings, settings.payment_workers)
     try:
         run_server(settings, host=host, port=port, workers=workers, log_level=log_level)
     finally:
+        stop_payment_workers(payment_processes)
         if provider_process is not None:
             provider_process.terminate()
             provider_process.wait(timeout=10)
+
+
+@app.command("payments-worker")
+def payments_worker(
+    kv_url: KvUrl = None,
+    db_url: DbUrl = None,
+    shards: Shards = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Charge the orders servers hand off (run by `serve --payment-workers N`, or on its own
+    with the servers' settings: a shared Redis, the SQL shards, the provider URL)."""
+    import logging
+
+    from dropsim.payments.worker import serve_payment_worker
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    serve_payment_worker(_settings(kv_url, db_url, shards, data_dir))
 
 
 @app.command()

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     `<data_dir>/payment-secret`."""
     payment_timeout_seconds: float = Field(default=20.0, gt=0, le=3600)
     """How long a payment waits for the provider's final callback before it is timed out."""
+    payment_workers: int = Field(default=0, ge=0, le=64)
+    """Processes that charge orders (`dropsim payments-worker`); 0: each server process charges
+    the orders it takes. With workers, orders are handed to them on a Redis stream, so the KV
+    store must be one every process shares."""
     payment_callback_retention_seconds: float = Field(default=7 * 86_400, ge=3600)
     """How long a provider event id is remembered against replays (longer than the provider
     redelivers: 3 days for Stripe)."""

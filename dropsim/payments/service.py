@@ -170,8 +170,26 @@ class PaymentService:
         if self._closed:
             logger.warning("payment for %s not requested: the service is closing", order.id)
             return
+        self._spawn(self._pursue(self._payment_of(order), self._deadline()))
+
+    async def begin_payment(self, order: Order) -> None:
+        """Record the payment of `order`, then charge it and watch its deadline in the
+        background: what a payment worker does with a hand-off (`payments/handoff.py`). Returns
+        once the row is written, so the hand-off can be acknowledged; raises if it could not be
+        (the hand-off is then taken again). A payment recorded before (a hand-off taken twice)
+        is not charged again: `recover` concludes it should its pursuer be gone."""
+        if self._closed:
+            raise RuntimeError("the payment service is closing")
+        deadline = self._deadline()
+        payment = self._payment_of(order)
+        if not await self._store.insert(payment):
+            logger.info("order %s has a payment already: not charging again", order.id)
+            return
+        self._spawn(self._charge_and_watch(payment, deadline))
+
+    def _payment_of(self, order: Order) -> Payment:
         now = self._clock()
-        payment = Payment(
+        return Payment(
             id=new_id("pay"),
             order_id=order.id,
             user_id=order.user_id,
@@ -183,25 +201,32 @@ class PaymentService:
             created_at=to_datetime(now),
             updated_at=to_datetime(now),
         )
-        self._spawn(self._pursue(payment))
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._timeout
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _pursue(self, payment: Payment) -> None:
+    async def _pursue(self, payment: Payment, deadline: float) -> None:
         """Record, charge, and watch the deadline (see the module docstring)."""
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        user_id, order_id = payment.user_id, payment.order_id
         try:
             if not await self._store.insert(payment):
-                logger.warning("order %s has a payment already: not charging again", order_id)
+                logger.warning(
+                    "order %s has a payment already: not charging again", payment.order_id
+                )
                 return
         except Exception:
             # no row, no charge: the order's hold lapses and the reaper puts the unit back
-            logger.exception("could not record the payment of order %s", order_id)
+            logger.exception("could not record the payment of order %s", payment.order_id)
             return
+        await self._charge_and_watch(payment, deadline)
+
+    async def _charge_and_watch(self, payment: Payment, deadline: float) -> None:
+        """Charge a recorded payment, then wait for its outcome until `deadline`."""
+        user_id, order_id = payment.user_id, payment.order_id
         finished = self._finished[order_id] = asyncio.Event()
         try:
             try:
