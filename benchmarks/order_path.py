@@ -41,9 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
+import redis
 
 from dropsim.accounts.models import Role
 from dropsim.gateway.tokens import TokenIssuer
+from dropsim.payments.handoff import STREAM as HANDOFF_STREAM
+from dropsim.payments.worker import start_payment_workers, stop_payment_workers
 from dropsim.serving import start_provider_process
 from dropsim.settings import Settings
 from dropsim.testing import ServerProcess, embedded_settings
@@ -164,18 +168,34 @@ async def prepare(url: str, settings: Settings) -> tuple[list[str], str, str]:
     return tokens, drops[0], drops[1]
 
 
-def settled(server: ServerProcess, *, busy: float = 0.05, longest: float = 30.0) -> float:
-    """The server's CPU seconds once it has gone idle (below `busy` of a core over a quarter
-    of a second), so that no run pays for work the previous one left behind."""
+def cpu_seconds(processes: list[psutil.Process]) -> list[float]:
+    """User + system CPU each process (all its threads) has used so far."""
+    return [sum(process.cpu_times()[:2]) for process in processes]
+
+
+def settled(
+    processes: list[psutil.Process], *, busy: float = 0.05, longest: float = 60.0
+) -> list[float]:
+    """Each process's CPU seconds once all have gone idle (each below `busy` of a core over
+    a quarter of a second), so that no run pays for work the previous one left behind."""
     deadline = time.monotonic() + longest
-    used = server.cpu_seconds()
+    used = cpu_seconds(processes)
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        now = server.cpu_seconds()
-        if now - used < busy * 0.25:
+        now = cpu_seconds(processes)
+        if all(after - before < busy * 0.25 for before, after in zip(used, now, strict=True)):
             return now
         used = now
     return used
+
+
+def handoff_backlog(settings: Settings) -> int:
+    """Payment hand-offs queued and not yet recorded by a worker."""
+    client = redis.Redis.from_url(settings.kv_url)
+    try:
+        return int(client.xlen(HANDOFF_STREAM))
+    finally:
+        client.close()
 
 
 def run_backend(
@@ -198,40 +218,70 @@ def _measure(
 ) -> list[list[str]]:
     rows = []
     with ServerProcess(settings) as server:
-        tokens, open_drop, sold_out_drop = asyncio.run(prepare(server.url, settings))
-        scripts = {"hello": (f"{server.url}/health/live", DONE)}
-        for label, drop in (("order", open_drop), ("sold out", sold_out_drop)):
-            scripts[label] = (server.url, order_script(tokens, f"/v1/drops/{drop}/orders"))
-        for url, script in scripts.values():  # warm-up: pools, caches, first token checks
-            wrk(url, script, WARM_UP_SECONDS, connections)
-        runs: dict[str, list[dict[str, float]]] = {label: [] for label in scripts}
-        for _ in range(rounds):  # interleaved, so a slow spell of the machine hits every path
-            for label, (url, script) in scripts.items():
-                used = settled(server)
-                result = wrk(url, script, seconds, connections)
-                # a run's CPU includes what it left the server to finish (payment hand-offs)
-                result["cpu_us"] = (settled(server) - used) / max(result["requests"], 1) * 1e6
-                runs[label].append(result)
-        results = {
-            label: {field: statistics.median(run[field] for run in done) for field in done[0]}
-            for label, done in runs.items()
-        }
-        hello = results["hello"]
-        for label, result in results.items():
-            rows.append(
-                [
-                    name,
-                    label,
-                    f"{result['rps']:,.0f}",
-                    f"{result['rps'] / hello['rps']:.0%}",
-                    f"{result['p50_ms']:.1f}",
-                    f"{result['p99_ms']:.1f}",
-                    f"{result['cpu_us']:.0f}",
-                    f"{hello['cpu_us'] / result['cpu_us']:.0%}",
-                    f"{int(result['non_2xx']):,}",
-                    f"{int(result['errors']):,}",
-                ]
-            )
+        # payment workers, when the settings ask for them, beside the server (as `dropsim
+        # serve --payment-workers N` starts them) and measured on their own
+        workers = start_payment_workers(server.settings, settings.payment_workers)
+        try:
+            rows = _measure_server(name, server, workers, seconds, connections, rounds)
+        finally:
+            stop_payment_workers(workers)
+    return rows
+
+
+def _measure_server(
+    name: str,
+    server: ServerProcess,
+    workers: list[subprocess.Popen[bytes]],
+    seconds: int,
+    connections: int,
+    rounds: int,
+) -> list[list[str]]:
+    rows = []
+    settings = server.settings
+    processes = [psutil.Process(server.pid), *(psutil.Process(w.pid) for w in workers)]
+    tokens, open_drop, sold_out_drop = asyncio.run(prepare(server.url, settings))
+    scripts = {"hello": (f"{server.url}/health/live", DONE)}
+    for label, drop in (("order", open_drop), ("sold out", sold_out_drop)):
+        scripts[label] = (server.url, order_script(tokens, f"/v1/drops/{drop}/orders"))
+    for url, script in scripts.values():  # warm-up: pools, caches, first token checks
+        wrk(url, script, WARM_UP_SECONDS, connections)
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in scripts}
+    for _ in range(rounds):  # interleaved, so a slow spell of the machine hits every path
+        for label, (url, script) in scripts.items():
+            used = settled(processes)
+            result = wrk(url, script, seconds, connections)
+            ended = time.monotonic()
+            result["backlog"] = handoff_backlog(settings) if workers else 0
+            # a run's CPU includes what it left to finish (payment hand-offs, the backlog)
+            spent = [after - before for before, after in zip(used, settled(processes), strict=True)]
+            result["drained_s"] = time.monotonic() - ended
+            requests = max(result["requests"], 1)
+            result["cpu_us"] = spent[0] / requests * 1e6
+            result["worker_cpu_us"] = sum(spent[1:]) / requests * 1e6
+            runs[label].append(result)
+    results = {
+        label: {field: statistics.median(run[field] for run in done) for field in done[0]}
+        for label, done in runs.items()
+    }
+    hello = results["hello"]
+    for label, result in results.items():
+        rows.append(
+            [
+                name,
+                label,
+                f"{result['rps']:,.0f}",
+                f"{result['rps'] / hello['rps']:.0%}",
+                f"{result['p50_ms']:.1f}",
+                f"{result['p99_ms']:.1f}",
+                f"{result['cpu_us']:.0f}",
+                f"{hello['cpu_us'] / result['cpu_us']:.0%}",
+                f"{result['worker_cpu_us']:.0f}" if workers else "-",
+                f"{int(result['backlog']):,}" if workers else "-",
+                f"{result['drained_s']:.1f}",
+                f"{int(result['non_2xx']):,}",
+                f"{int(result['errors']):,}",
+            ]
+        )
     return rows
 
 
@@ -264,6 +314,17 @@ def main() -> None:
             real = real_settings(Path(directory) / "real", shards=4)
             real = real.model_copy(update=quiet_payments)
             rows += run_backend("redis+postgres", real, args.seconds, args.connections, args.rounds)
+            # the same again (from clean databases) with the payments charged by a worker process
+            with_worker = real_settings(Path(directory) / "worker", shards=4).model_copy(
+                update={**quiet_payments, "payment_workers": 1}
+            )
+            rows += run_backend(
+                "redis+pg, 1 payment worker",
+                with_worker,
+                args.seconds,
+                args.connections,
+                args.rounds,
+            )
     header = [
         "backend",
         "path",
@@ -273,6 +334,9 @@ def main() -> None:
         "p99 ms",
         "server CPU us/req",
         "hello CPU / path CPU",
+        "worker CPU us/req",
+        "backlog at end",
+        "idle after s",
         "non-2xx",
         "errors",
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -173,6 +174,9 @@ def serve(
             title="dropsim serve",
         )
     )
+    # uvicorn re-raises a SIGTERM once it has shut down: as SystemExit, so the `finally`
+    # below still stops the processes started beside the server
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     payment_processes = start_payment_workers(settings, settings.payment_workers)
     try:
         run_server(settings, host=host, port=port, workers=workers, log_level=log_level)
@@ -181,6 +185,10 @@ def serve(
         if provider_process is not None:
             provider_process.terminate()
             provider_process.wait(timeout=10)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @app.command("payments-worker")

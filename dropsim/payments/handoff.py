@@ -73,8 +73,13 @@ class PaymentQueue:
         self._queued: Batcher[bytes, str] = Batcher(self._enqueue_batch)
 
     async def request_payment(self, order: Order) -> None:
-        """Queue `order`'s payment; concurrent calls share one script call."""
-        await self._queued.submit(_encode(order))
+        """Queue `order`'s payment; concurrent calls share one script call. Never raises, as
+        `PaymentService.request_payment` never does: the order is written and answered by now,
+        so a hand-off that fails leaves it to lapse, and the reaper puts its unit back."""
+        try:
+            await self._queued.submit(_encode(order))
+        except Exception:
+            logger.exception("could not hand off the payment of order %s; it will lapse", order.id)
 
     async def _enqueue_batch(self, orders: list[bytes]) -> list[str]:
         ids: list[str] = await self._enqueue(keys=[self._stream], args=orders)
@@ -99,7 +104,7 @@ class PaymentQueue:
         )
         if not reply:
             return []
-        return _handoffs(reply[0][1])
+        return await self._orders_in(reply[0][1])
 
     async def reclaim(self, consumer: str, min_idle_seconds: float, count: int) -> list[Handoff]:
         """Entries taken by some worker and left unacknowledged for `min_idle_seconds`,
@@ -116,7 +121,21 @@ class PaymentQueue:
             ),
         )
         entries = cast("list[tuple[str, dict[str, str]] | None]", reply[1])
-        return _handoffs([entry for entry in entries if entry is not None])
+        return await self._orders_in([entry for entry in entries if entry is not None])
+
+    async def _orders_in(self, entries: list[tuple[str, dict[str, str]]]) -> list[Handoff]:
+        """The hand-offs among `entries`; any other entry (a foreign writer, a format this
+        version does not know) can never be charged here: logged with its fields and dropped,
+        so it is neither retried nor counted in the backlog for ever."""
+        handoffs, foreign = [], []
+        for entry_id, fields in entries:
+            try:
+                handoffs.append(Handoff(entry_id, _decode_order(fields["order"])))
+            except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
+                logger.error("payment hand-off %s is not an order; dropped: %r", entry_id, fields)
+                foreign.append(entry_id)
+        await self.done(foreign)
+        return handoffs
 
     async def done(self, entry_ids: list[str]) -> None:
         """Acknowledge and delete handled entries: the stream holds only what is left to do."""
@@ -130,17 +149,6 @@ class PaymentQueue:
     async def backlog(self) -> int:
         """Hand-offs queued and not yet done (taken or not)."""
         return int(await self._kv.xlen(self._stream))
-
-
-def _handoffs(entries: list[tuple[str, dict[str, str]]]) -> list[Handoff]:
-    handoffs = []
-    for entry_id, fields in entries:
-        try:
-            handoffs.append(Handoff(entry_id, _decode_order(fields["order"])))
-        except (KeyError, msgspec.DecodeError, msgspec.ValidationError):
-            # not ours to charge (a foreign writer, a newer format): kept, never charged
-            logger.error("payment hand-off %s is not an order; skipped", entry_id)
-    return handoffs
 
 
 def consumer_name() -> str:

@@ -5,6 +5,7 @@ stop. `dropsim serve --payment-workers N` starts N of them beside the server."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
@@ -15,6 +16,9 @@ from dropsim.errors import ConfigurationError
 from dropsim.settings import Settings
 
 logger = logging.getLogger("dropsim.payments.worker")
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal a process gets when its parent ends."""
 
 
 def check_payment_workers(settings: Settings, count: int) -> None:
@@ -61,6 +65,9 @@ async def run_payment_worker(settings: Settings, stop: asyncio.Event) -> None:
 def serve_payment_worker(settings: Settings) -> None:
     """Run a worker in this process until SIGTERM or SIGINT."""
 
+    if settings.payment_worker_niceness:
+        os.nice(settings.payment_worker_niceness)
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -77,9 +84,21 @@ def start_payment_workers(settings: Settings, count: int) -> list[subprocess.Pop
 
     env = {**os.environ, **settings_environment(settings)}
     return [
-        subprocess.Popen([sys.executable, "-m", "dropsim.cli", "payments-worker"], env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "dropsim.cli", "payments-worker"],
+            env=env,
+            preexec_fn=_end_with_parent,  # runs in the child between fork and exec
+        )
         for _ in range(count)
     ]
+
+
+def _end_with_parent() -> None:
+    """In the child, before it runs: on Linux, be sent SIGTERM when the process that started
+    it ends, however it ends (killed too), so no worker outlives its server."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_payment_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
