@@ -2,9 +2,12 @@
 
     python benchmarks/order_path.py [--seconds 6] [--rounds 3] [--connections 64] [--real]
 
-Starts one dropsim server process per backend (embedded; with --real also Redis + PostgreSQL
-from DROPSIM_TEST_REDIS_URL / DROPSIM_TEST_POSTGRES_URL), and drives it with wrk (Debian
-package `wrk`) from another process, one wrk thread so the server keeps a core:
+Starts one dropsim server process per configuration and drives it with wrk (Debian package
+`wrk`) from another process, one wrk thread so the server keeps a core. The configurations:
+embedded; with --real (Redis + PostgreSQL from DROPSIM_TEST_REDIS_URL / DROPSIM_TEST_POSTGRES_URL)
+also the server charging its own orders, the server handing them to one payment worker process
+on the same machine (`--payment-workers 1`), and the server queueing them for a worker that
+runs elsewhere (none runs here: what the server alone spends on an order). Paths:
 
     hello      GET /health/live              the ceiling for any route in this app
     order      POST /v1/drops/{id}/orders    fresh key per request, stock never runs out
@@ -20,7 +23,8 @@ order path including its payment hand-off (one HTTP call to the provider per ord
 settlement. Figures are printed, never asserted: these machines are noisy, so compare the
 ratios, not the absolute numbers. The server's CPU per request (all its threads) is the
 steadier figure: its ratio to hello's says what throughput the path would reach were the
-server alone on a core.
+server alone on a core. A payment worker's CPU is shown apart, per order of the run, with the
+hand-offs still queued when the run ended and how long everything took to go idle after it.
 """
 
 from __future__ import annotations
@@ -199,14 +203,23 @@ def handoff_backlog(settings: Settings) -> int:
 
 
 def run_backend(
-    name: str, settings: Settings, seconds: int, connections: int, rounds: int
+    name: str,
+    settings: Settings,
+    seconds: int,
+    connections: int,
+    rounds: int,
+    *,
+    start_workers: bool = True,
 ) -> list[list[str]]:
+    """The three paths on one server; with `settings.payment_workers`, the payment workers
+    are started beside it unless `start_workers` is False (orders are then only queued)."""
     rows = []
     # the provider is external, as a real one is: its own process
     provider, provider_url = start_provider_process(settings)
     settings = settings.model_copy(update={"payment_provider_url": provider_url})
     try:
-        rows = _measure(name, settings, seconds, connections, rounds)
+        workers = settings.payment_workers if start_workers else 0
+        rows = _measure(name, settings, workers, seconds, connections, rounds)
     finally:
         provider.terminate()
         provider.wait(timeout=10)
@@ -214,13 +227,13 @@ def run_backend(
 
 
 def _measure(
-    name: str, settings: Settings, seconds: int, connections: int, rounds: int
+    name: str, settings: Settings, workers_wanted: int, seconds: int, connections: int, rounds: int
 ) -> list[list[str]]:
     rows = []
     with ServerProcess(settings) as server:
         # payment workers, when the settings ask for them, beside the server (as `dropsim
         # serve --payment-workers N` starts them) and measured on their own
-        workers = start_payment_workers(server.settings, settings.payment_workers)
+        workers = start_payment_workers(server.settings, workers_wanted)
         try:
             rows = _measure_server(name, server, workers, seconds, connections, rounds)
         finally:
@@ -251,7 +264,7 @@ def _measure_server(
             used = settled(processes)
             result = wrk(url, script, seconds, connections)
             ended = time.monotonic()
-            result["backlog"] = handoff_backlog(settings) if workers else 0
+            result["backlog"] = handoff_backlog(settings) if settings.payment_workers else 0
             # a run's CPU includes what it left to finish (payment hand-offs, the backlog)
             spent = [after - before for before, after in zip(used, settled(processes), strict=True)]
             result["drained_s"] = time.monotonic() - ended
@@ -276,7 +289,7 @@ def _measure_server(
                 f"{result['cpu_us']:.0f}",
                 f"{hello['cpu_us'] / result['cpu_us']:.0%}",
                 f"{result['worker_cpu_us']:.0f}" if workers else "-",
-                f"{int(result['backlog']):,}" if workers else "-",
+                f"{int(result['backlog']):,}" if settings.payment_workers else "-",
                 f"{result['drained_s']:.1f}",
                 f"{int(result['non_2xx']):,}",
                 f"{int(result['errors']):,}",
@@ -324,6 +337,19 @@ def main() -> None:
                 args.seconds,
                 args.connections,
                 args.rounds,
+            )
+            # and with the payments queued for a worker that runs elsewhere: what the server
+            # alone spends on an order when no payment work shares its machine
+            queued_only = real_settings(Path(directory) / "queued", shards=4).model_copy(
+                update={**quiet_payments, "payment_workers": 1}
+            )
+            rows += run_backend(
+                "redis+pg, payments queued only",
+                queued_only,
+                args.seconds,
+                args.connections,
+                args.rounds,
+                start_workers=False,
             )
     header = [
         "backend",

@@ -68,9 +68,6 @@ class Settings(BaseSettings):
     """Processes that charge orders (`dropsim payments-worker`); 0: each server process charges
     the orders it takes. With workers, orders are handed to them on a Redis stream, so the KV
     store must be one every process shares."""
-    payment_worker_niceness: int = Field(default=10, ge=0, le=19)
-    """How far a payment worker lowers its CPU priority: where it shares cores with servers,
-    a rush is answered first and charged as the hand-off queue drains (within the hold)."""
     payment_callback_retention_seconds: float = Field(default=7 * 86_400, ge=3600)
     """How long a provider event id is remembered against replays (longer than the provider
     redelivers: 3 days for Stripe)."""

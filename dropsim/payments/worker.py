@@ -65,9 +65,6 @@ async def run_payment_worker(settings: Settings, stop: asyncio.Event) -> None:
 def serve_payment_worker(settings: Settings) -> None:
     """Run a worker in this process until SIGTERM or SIGINT."""
 
-    if settings.payment_worker_niceness:
-        os.nice(settings.payment_worker_niceness)
-
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
