@@ -324,33 +324,27 @@ def main() -> None:
         if args.real:
             from tests.conftest import real_settings
 
-            real = real_settings(Path(directory) / "real", shards=4)
-            real = real.model_copy(update=quiet_payments)
-            rows += run_backend("redis+postgres", real, args.seconds, args.connections, args.rounds)
-            # the same again (from clean databases) with the payments charged by a worker process
-            with_worker = real_settings(Path(directory) / "worker", shards=4).model_copy(
-                update={**quiet_payments, "payment_workers": 1}
+            # (name, payment workers the server hands orders to, whether they run here): the
+            # server charging its own orders; one worker process beside it; the payments only
+            # queued, for a worker elsewhere (what the server alone spends on an order)
+            real_configurations = (
+                ("redis+postgres", 0, True),
+                ("redis+pg, 1 payment worker", 1, True),
+                ("redis+pg, payments queued only", 1, False),
             )
-            rows += run_backend(
-                "redis+pg, 1 payment worker",
-                with_worker,
-                args.seconds,
-                args.connections,
-                args.rounds,
-            )
-            # and with the payments queued for a worker that runs elsewhere: what the server
-            # alone spends on an order when no payment work shares its machine
-            queued_only = real_settings(Path(directory) / "queued", shards=4).model_copy(
-                update={**quiet_payments, "payment_workers": 1}
-            )
-            rows += run_backend(
-                "redis+pg, payments queued only",
-                queued_only,
-                args.seconds,
-                args.connections,
-                args.rounds,
-                start_workers=False,
-            )
+            for index, (name, payment_workers, start_workers) in enumerate(real_configurations):
+                # clean databases for each
+                real = real_settings(Path(directory) / f"real-{index}", shards=4).model_copy(
+                    update={**quiet_payments, "payment_workers": payment_workers}
+                )
+                rows += run_backend(
+                    name,
+                    real,
+                    args.seconds,
+                    args.connections,
+                    args.rounds,
+                    start_workers=start_workers,
+                )
     header = [
         "backend",
         "path",

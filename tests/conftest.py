@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from dropsim.backends import open_kv
+from dropsim.ports import KeyValueStore
 from dropsim.settings import Settings
 from dropsim.testing import embedded_settings
 
@@ -143,6 +145,20 @@ def shared_backend_settings(
         yield embedded_settings(directory)
     else:
         yield real_settings(directory)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KeyValueStore]:
+    """An empty KV store: a private fakeredis, or the real Redis test database (flushed first)."""
+    url = "memory://"
+    if request.param == "redis":
+        url = real_url(REDIS_ENV, "Redis")
+        reset_redis(url)
+    store = await open_kv(url)
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 @pytest.fixture

@@ -5,35 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import msgspec
 import pytest
-from conftest import REDIS_ENV, real_url, reset_redis
 from redis.exceptions import ResponseError, WatchError
 
-from dropsim.backends import open_kv
 from dropsim.cache import Cache
 from dropsim.eventlog import EventLog
 from dropsim.events import CreatorFollowed, DropSoldOut
 from dropsim.ports import KeyValueStore
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KeyValueStore]:
-    """An empty store: a private fakeredis, or the real Redis test database (flushed first)."""
-    if request.param == "memory":
-        url = "memory://"
-    else:
-        url = real_url(REDIS_ENV, "Redis")
-        reset_redis(url)
-    store = await open_kv(url)
-    try:
-        yield store
-    finally:
-        await store.aclose()
-
 
 # --- strings, counters, hashes ----------------------------------------------------------------
 

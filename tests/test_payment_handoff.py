@@ -24,7 +24,6 @@ from typing import Any, cast
 import psutil
 import pytest
 import test_payment_service as payment_rigs
-from conftest import REDIS_ENV, real_url, reset_redis
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from test_payment_service import FAST, MakeRig, an_order
@@ -60,21 +59,6 @@ IDLE = 0.5
 """The min-idle time of reclaims here: far above what a take and its acknowledgement cost."""
 BUYERS = 60
 STOCK = 80
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KeyValueStore]:
-    """An empty store: a private fakeredis, or the real Redis test database (flushed first)."""
-    if request.param == "memory":
-        url = "memory://"
-    else:
-        url = real_url(REDIS_ENV, "Redis")
-        reset_redis(url)
-    client = await open_kv(url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @dataclass(frozen=True)

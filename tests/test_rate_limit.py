@@ -8,19 +8,17 @@ import itertools
 import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import httpx
 import pytest
-from conftest import REDIS_ENV, real_url, reset_redis
 from litestar.testing import AsyncTestClient
 from multidict import CIMultiDict
 
 from dropsim.app import create_app
-from dropsim.backends import open_kv
 from dropsim.gateway.gcra import Budgets, Decision, RateGate
 from dropsim.gateway.limits import ClassLimits, Limit, RouteClass, route_class_of
 from dropsim.ports import KeyValueStore
@@ -80,20 +78,6 @@ def test_route_classes() -> None:
 
 
 # --- the GCRA script on the KV contract --------------------------------------------------------
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KeyValueStore]:
-    """An empty store: a private fakeredis, or the real Redis test database (flushed first)."""
-    url = "memory://"
-    if request.param == "redis":
-        url = real_url(REDIS_ENV, "Redis")
-        reset_redis(url)
-    store = await open_kv(url)
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 async def decide(gate: RateGate, budgets: Budgets, now_us: int) -> Decision:
