@@ -199,7 +199,8 @@ def payments_worker(
     data_dir: DataDir = None,
 ) -> None:
     """Charge the orders servers hand off (run by `serve --payment-workers N`, or on its own
-    with the servers' settings: a shared Redis, the SQL shards, the provider URL)."""
+    with the servers' settings: a shared Redis, the SQL shards, the provider URL, and the
+    servers' public URL for the provider's callbacks)."""
     import logging
 
     from dropsim.payments.worker import serve_payment_worker
