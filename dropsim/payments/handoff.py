@@ -197,9 +197,7 @@ class PaymentWorker(BackgroundTask):
                 await self.handle(
                     await self._queue.take(self._consumer, self._batch, self._block_ms)
                 )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
+            except Exception:  # (cancellation is no Exception: it ends the loop)
                 logger.exception("payment worker %s: taking hand-offs failed", self._consumer)
                 await asyncio.sleep(1.0)
 
